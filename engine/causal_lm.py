@@ -1,0 +1,243 @@
+"""PaliGemmaCausalLM: keras-hub's PaliGemma task API on the PyTorch engine.
+
+    lm = PaliGemmaCausalLM.from_preset("pali_gemma2_mix_3b_224")      # or a local HF-layout dir
+    lm.generate({"images": image, "text": "caption en\\n"}, max_length=64, strip_prompt=True)
+    lm.compile(sampler=TopKSampler(k=5, temperature=0.7, seed=1))
+
+keras-hub semantics are kept: ``max_length`` counts text tokens, prompt included (image tokens
+not); ``stop_token_ids`` is "auto" (EOS), None or a tuple; the output includes the prompt unless
+``strip_prompt``. ``complete()`` is the lower-level call the CLI uses: generated text and ids per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backbone import PaliGemmaBackbone
+from .config import WindowPolicy, load_config
+from .generate import generate_tokens
+from .preprocessor import PaliGemmaCausalLMPreprocessor
+from .runtime import resolve_device, resolve_dtype
+from .samplers import GreedySampler, get_sampler, make_generator
+from .tokenizer import PaliGemmaTokenizer
+from .weights import load_backbone
+
+DEFAULT_SEQUENCE_LENGTH = 1024  # keras-hub's preprocessor default
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str  # the generated part only, special tokens dropped (loc/seg kept)
+    token_ids: list[int]  # generated ids, the stop token excluded
+    finish_reason: str  # "stop" (a stop id was produced) or "length" (the budget ran out)
+
+
+def resolve_checkpoint(preset: str | Path, cache_dir=None, allow_download: bool = True):
+    """A local HF-layout directory, or a preset name / hf:// spec resolved (and downloaded) by engine.hub.
+    Returns (directory, Preset or None)."""
+    path = Path(preset).expanduser()
+    if path.is_dir():
+        return path, None
+    from . import hub, presets
+
+    directory = hub.resolve(str(preset), cache_dir=cache_dir, allow_download=allow_download)
+    try:
+        info = presets.get_preset(str(preset))
+    except presets.UnknownPresetError:
+        info = None
+    return Path(directory), info
+
+
+class PaliGemmaCausalLM:
+    def __init__(self, backbone: PaliGemmaBackbone, preprocessor: PaliGemmaCausalLMPreprocessor | None = None):
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.sampler = GreedySampler()
+        self.preset: str | None = None
+        self.dtype_reason = "requested"
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str | Path,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device = "auto",
+        preprocessor: bool | None = True,
+        sequence_length: int | None = None,
+        sliding_window: WindowPolicy = "none",
+        cache_dir: str | Path | None = None,
+        allow_download: bool = True,
+    ) -> "PaliGemmaCausalLM":
+        """Load a preset name (see engine.presets), ``hf://owner/repo[@revision]`` or a local directory
+        in Hugging Face layout. ``preprocessor=None`` skips the tokenizer (token-id API only).
+        ``sliding_window``: "none" (as the models were trained) or "transformers" (its Gemma 2 window)."""
+        directory, info = resolve_checkpoint(preset, cache_dir, allow_download)
+        config = load_config(directory, window_policy=sliding_window)
+        torch_device = resolve_device(device)
+        torch_dtype, reason = resolve_dtype(dtype, torch_device)
+        backbone = load_backbone(directory, config, torch_dtype, torch_device)
+        pre = None
+        if preprocessor:
+            length = sequence_length or (info.sequence_length if info and info.sequence_length else DEFAULT_SEQUENCE_LENGTH)
+            pre = PaliGemmaCausalLMPreprocessor(PaliGemmaTokenizer.from_preset(directory), config.image_size, length)
+        lm = cls(backbone, pre)
+        lm.preset = info.name if info else str(preset)
+        lm.dtype_reason = reason
+        return lm
+
+    # ------------------------------------------------------------------ settings
+
+    def compile(self, sampler: Any = "greedy") -> "PaliGemmaCausalLM":
+        """Choose the sampler for later generate()/complete() calls (keras-hub's compile(sampler=))."""
+        self.sampler = get_sampler(sampler)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.language_model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.language_model.embed_tokens.weight.device
+
+    # ------------------------------------------------------------------ generation
+
+    def _stop_ids(self, stop_token_ids) -> tuple[int, ...]:
+        if stop_token_ids == "auto":
+            return (self.backbone.config.eos_token_id,)
+        return tuple(int(i) for i in (stop_token_ids or ()))
+
+    def _generate_ids(self, pixel_values, prompts, budgets, stop_ids) -> list[list[int]]:
+        """Run rows with a positive budget; rows without one get no tokens."""
+        out: list[list[int]] = [[] for _ in prompts]
+        live = [i for i, n in enumerate(budgets) if n > 0]
+        if not live:
+            return out
+        generator = make_generator(self.sampler.seed, self.device)
+        vocab = self.preprocessor.tokenizer.vocabulary_size if self.preprocessor else None
+        new = generate_tokens(
+            self.backbone,
+            pixel_values[live].to(self.device),
+            [prompts[i] for i in live],
+            [budgets[i] for i in live],
+            lambda logits: self.sampler(logits, generator),
+            stop_ids,
+            vocab_limit=vocab,
+        )
+        for i, tokens in zip(live, new):
+            out[i] = tokens
+        return out
+
+    def _pixel_values(self, images) -> torch.Tensor:
+        """Raw images (PIL, HxWx3 arrays, paths), or already-preprocessed float[B, 3, R, R] in [-1, 1]."""
+        size = self.backbone.config.image_size
+        if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4 and tuple(images.shape[1:]) == (3, size, size):
+            return torch.as_tensor(images, dtype=torch.float32)
+        if self.preprocessor is not None:
+            return self.preprocessor.preprocess_images(images)
+        from .image import preprocess_images
+
+        return preprocess_images(images, size)
+
+    def _require_preprocessor(self) -> PaliGemmaCausalLMPreprocessor:
+        if self.preprocessor is None:
+            raise ValueError(
+                "this model was loaded with preprocessor=None: pass token_ids and padding_mask, "
+                "or load it with a preprocessor to use text prompts"
+            )
+        return self.preprocessor
+
+    def complete(
+        self,
+        images: Sequence[Any],
+        prompts: Sequence[str],
+        max_new_tokens: int = 64,
+        stop_token_ids: Any = "auto",
+    ) -> list[Completion]:
+        """One Completion per (image, prompt) pair, generated as one batch."""
+        pre = self._require_preprocessor()
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; pass one image per prompt")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        stop_ids = self._stop_ids(stop_token_ids)
+        rows = [pre.encode_prompt(p) for p in prompts]
+        new = self._generate_ids(self._pixel_values(list(images)), rows, [max_new_tokens] * len(rows), stop_ids)
+        out = []
+        for tokens in new:
+            stopped = bool(tokens) and tokens[-1] in stop_ids
+            ids = tokens[:-1] if stopped else tokens
+            out.append(Completion(pre.tokenizer.detokenize(ids), ids, "stop" if stopped else "length"))
+        return out
+
+    def generate(
+        self,
+        inputs: dict[str, Any],
+        max_length: int | None = None,
+        stop_token_ids: Any = "auto",
+        strip_prompt: bool = False,
+    ):
+        """keras-hub's generate(). With a preprocessor: {"images", "text" (or "prompts")} -> str or
+        list[str]. Without (``preprocessor=None``): {"images", "token_ids", "padding_mask"} ->
+        {"token_ids", "padding_mask"} with the generated ids written after each row's prompt."""
+        if "token_ids" in inputs:
+            return self._generate_from_ids(inputs, stop_token_ids)
+        pre = self._require_preprocessor()
+        prompts = inputs.get("text", inputs.get("prompts"))
+        if prompts is None:
+            raise ValueError('generate() needs the prompt under "text" (or "prompts")')
+        single = isinstance(prompts, str)
+        prompt_list = [prompts] if single else list(prompts)
+        images = inputs.get("images")
+        if single and not (isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4):
+            images = [images]
+        pixel_values = self._pixel_values(images)
+        if pixel_values.shape[0] == 1 and len(prompt_list) > 1:
+            pixel_values = pixel_values.expand(len(prompt_list), -1, -1, -1)
+        if pixel_values.shape[0] != len(prompt_list):
+            raise ValueError(f"got {pixel_values.shape[0]} images for {len(prompt_list)} prompts; pass one image per prompt")
+        max_length = max_length or pre.sequence_length
+        rows = [pre.encode_prompt(p) for p in prompt_list]
+        for p, ids in zip(prompt_list, rows):
+            if len(ids) > max_length:
+                raise ValueError(f"prompt {p!r} is {len(ids)} tokens, more than max_length={max_length}")
+        stop_ids = self._stop_ids(stop_token_ids)
+        new = self._generate_ids(pixel_values, rows, [max_length - len(r) for r in rows], stop_ids)
+        texts = []
+        for ids, tokens in zip(rows, new):
+            if tokens and tokens[-1] in stop_ids:
+                tokens = tokens[:-1]
+            texts.append(pre.tokenizer.detokenize(tokens if strip_prompt else ids + tokens))
+        return texts[0] if single else texts
+
+    def _generate_from_ids(self, inputs: dict[str, Any], stop_token_ids) -> dict[str, Any]:
+        """keras-hub's path without preprocessing: rows are right-padded to the target length T and
+        generation fills each row after its prompt, up to T."""
+        as_numpy = isinstance(inputs["token_ids"], np.ndarray)
+        token_ids = torch.as_tensor(np.asarray(inputs["token_ids"]) if as_numpy else inputs["token_ids"]).long()
+        padding_mask = torch.as_tensor(np.asarray(inputs["padding_mask"])).bool()
+        if token_ids.ndim == 1:
+            token_ids, padding_mask = token_ids[None], padding_mask[None]
+        b, t = token_ids.shape
+        pixel_values = self._pixel_values(inputs["images"])
+        if pixel_values.shape[0] == 1 and b > 1:
+            pixel_values = pixel_values.expand(b, -1, -1, -1)
+        rows = [token_ids[i][padding_mask[i]].tolist() for i in range(b)]
+        stop_ids = self._stop_ids(stop_token_ids)
+        new = self._generate_ids(pixel_values, rows, [t - len(r) for r in rows], stop_ids)
+        out_ids = torch.full((b, t), self.backbone.config.pad_token_id, dtype=torch.long)
+        out_mask = torch.zeros(b, t, dtype=torch.bool)
+        for i, (prompt, tokens) in enumerate(zip(rows, new)):
+            row = prompt + tokens  # a stop token stays in the mask, as in keras-hub; nothing after it
+            out_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            out_mask[i, : len(row)] = True
+        if as_numpy:
+            return {"token_ids": out_ids.numpy(), "padding_mask": out_mask.numpy()}
+        return {"token_ids": out_ids, "padding_mask": out_mask}

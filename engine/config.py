@@ -1,0 +1,213 @@
+"""Model configuration: frozen dataclasses built by pure functions from a checkpoint's config.json.
+
+Serialized Hugging Face configs omit every value equal to the class default (``head_dim``,
+``rope_theta``, ``image_size``...), and those class defaults are *not* PaliGemma's values for several
+fields (spec §9.3, pitfall 24). So every field here has an explicit PaliGemma default, and the
+decoder variant is read from ``text_config.model_type`` -- never guessed (pitfall 19).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+Variant = Literal["gemma", "gemma2"]
+WindowPolicy = Literal["none", "transformers"]
+
+
+class ConfigError(ValueError):
+    """A config.json that cannot describe a PaliGemma model."""
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP vision tower (So400m/14 in every released checkpoint)."""
+
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_layers: int = 27
+    num_heads: int = 16
+    image_size: int = 224
+    patch_size: int = 14
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Gemma (PaliGemma 1) or Gemma 2 (PaliGemma 2) decoder."""
+
+    variant: Variant = "gemma"
+    vocab_size: int = 257216
+    hidden_size: int = 2048
+    intermediate_size: int = 16384
+    num_layers: int = 18
+    num_heads: int = 8
+    num_kv_heads: int = 1
+    head_dim: int = 256
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # Attention scale is query_pre_attn_scalar ** -0.5; equal to head_dim except for PaliGemma 2 28B.
+    query_pre_attn_scalar: float = 256.0
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    sliding_window: int | None = None
+    # The checkpoints were trained without the sliding window (big_vision has none); "transformers"
+    # reproduces transformers 5's window on the causal suffix. Only matters past `sliding_window` tokens.
+    window_policy: WindowPolicy = "none"
+
+    @property
+    def attn_scale(self) -> float:
+        return self.query_pre_attn_scalar**-0.5
+
+    @property
+    def embed_scale(self) -> float:
+        return math.sqrt(self.hidden_size)
+
+    def is_sliding_layer(self, index: int) -> bool:
+        """Gemma 2 alternates local (even layers: 0, 2, ...) and global attention."""
+        return (
+            self.variant == "gemma2"
+            and self.window_policy == "transformers"
+            and self.sliding_window is not None
+            and index % 2 == 0
+        )
+
+
+@dataclass(frozen=True)
+class PaliGemmaConfig:
+    vision: VisionConfig
+    text: TextConfig
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    bos_token_id: int = 2
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision.num_patches
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+
+# Values Gemma 2 configs omit when they equal transformers' Gemma2Config defaults (spec §9.3).
+_GEMMA2_DEFAULTS = dict(attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096)
+_GEMMA2_28B_HIDDEN = 4608  # the one variant whose query scale is not head_dim**-0.5 (spec §4.2)
+
+
+def _rope_theta(text: dict) -> float:
+    # transformers 5 writes rope_parameters={"rope_theta": ...}; 4.x wrote a top-level rope_theta.
+    params = text.get("rope_parameters") or {}
+    return float(params.get("rope_theta", text.get("rope_theta", 10000.0)))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value in (None, 0, 0.0) else float(value)
+
+
+def text_config_from_hf(text: dict) -> TextConfig:
+    """Pure: the `text_config` block of a Hugging Face PaliGemma config.json -> TextConfig."""
+    variant = text.get("model_type")
+    if variant not in ("gemma", "gemma2"):
+        raise ConfigError(
+            f"text_config.model_type is {variant!r}; expected 'gemma' (PaliGemma 1) or 'gemma2' (PaliGemma 2)"
+        )
+    hidden = int(text.get("hidden_size", 2048 if variant == "gemma" else 2304))
+    heads = int(text.get("num_attention_heads", 8))
+    is_28b = variant == "gemma2" and hidden == _GEMMA2_28B_HIDDEN
+    head_dim = int(text.get("head_dim", 128 if is_28b else 256))
+    common = dict(
+        variant=variant,
+        vocab_size=int(text.get("vocab_size", 257216)),
+        hidden_size=hidden,
+        intermediate_size=int(text.get("intermediate_size", 16384 if variant == "gemma" else 9216)),
+        num_layers=int(text.get("num_hidden_layers", 18 if variant == "gemma" else 26)),
+        num_heads=heads,
+        num_kv_heads=int(text.get("num_key_value_heads", 1 if variant == "gemma" else 4)),
+        head_dim=head_dim,
+        rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
+        rope_theta=_rope_theta(text),
+    )
+    if variant == "gemma":
+        return TextConfig(**common, query_pre_attn_scalar=float(head_dim))
+    g = {**_GEMMA2_DEFAULTS, **text}
+    default_scalar = hidden // heads if is_28b else 256
+    return TextConfig(
+        **common,
+        query_pre_attn_scalar=float(g.get("query_pre_attn_scalar", default_scalar)),
+        attn_logit_softcap=_optional_float(g["attn_logit_softcapping"]),
+        final_logit_softcap=_optional_float(g["final_logit_softcapping"]),
+        sliding_window=int(g["sliding_window"]) if g["sliding_window"] else None,
+    )
+
+
+def vision_config_from_hf(vision: dict) -> VisionConfig:
+    """Pure: the `vision_config` block -> VisionConfig (PaliGemma's values as defaults, not Siglip's)."""
+    if vision.get("vision_use_head"):
+        raise ConfigError("vision_config.vision_use_head is true; PaliGemma's tower has no pooling head")
+    return VisionConfig(
+        hidden_size=int(vision.get("hidden_size", 1152)),
+        intermediate_size=int(vision.get("intermediate_size", 4304)),
+        num_layers=int(vision.get("num_hidden_layers", 27)),
+        num_heads=int(vision.get("num_attention_heads", 16)),
+        image_size=int(vision.get("image_size", 224)),
+        patch_size=int(vision.get("patch_size", 14)),
+        layer_norm_eps=float(vision.get("layer_norm_eps", 1e-6)),
+    )
+
+
+def from_hf_config(config: dict, window_policy: WindowPolicy = "none") -> PaliGemmaConfig:
+    """Pure: a parsed Hugging Face PaliGemma config.json -> PaliGemmaConfig."""
+    if config.get("model_type") not in (None, "paligemma"):
+        raise ConfigError(f"model_type is {config.get('model_type')!r}, not 'paligemma'")
+    if "text_config" not in config or "vision_config" not in config:
+        raise ConfigError("config.json has no text_config/vision_config; is this a PaliGemma checkpoint?")
+    text = text_config_from_hf(config["text_config"])
+    if window_policy not in ("none", "transformers"):
+        raise ConfigError(f"window policy {window_policy!r}: use 'none' or 'transformers'")
+    text = replace(text, window_policy=window_policy)
+    vision = vision_config_from_hf(config["vision_config"])
+    for name, value in (("hidden_size", text.hidden_size), ("num_heads", text.num_heads)):
+        if value <= 0:
+            raise ConfigError(f"text_config.{name} must be positive, got {value}")
+    if text.num_heads % text.num_kv_heads:
+        raise ConfigError(
+            f"num_attention_heads ({text.num_heads}) is not a multiple of num_key_value_heads ({text.num_kv_heads})"
+        )
+    if vision.image_size % vision.patch_size:
+        raise ConfigError(f"image_size {vision.image_size} is not a multiple of patch_size {vision.patch_size}")
+    return PaliGemmaConfig(
+        vision=vision,
+        text=text,
+        pad_token_id=int(config.get("pad_token_id", 0) or 0),
+        eos_token_id=int(config.get("eos_token_id", 1) or 1),
+        bos_token_id=int(config.get("bos_token_id", 2) or 2),
+    )
+
+
+def load_config(checkpoint_dir: str | Path, window_policy: WindowPolicy = "none") -> PaliGemmaConfig:
+    """Read ``config.json`` from a checkpoint directory, with errors that name the file."""
+    path = Path(checkpoint_dir) / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; a checkpoint directory needs config.json") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON ({e}); re-download the checkpoint") from None
+    try:
+        return from_hf_config(raw, window_policy)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: bad value ({e})") from None

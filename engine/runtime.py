@@ -1,0 +1,78 @@
+"""Choosing a device and dtype, and setting CPU threads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    if isinstance(spec, torch.device):
+        return spec
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} requested but CUDA is not available; use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {spec!r} requested but MPS is not available; use --device cpu or auto")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where bf16 matmuls run in hardware (AVX512-BF16 or AMX); elsewhere torch emulates bf16
+    and float32 is faster."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers moved: fall back to the kernel's flags
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _mps_supports_bf16() -> bool:
+    try:
+        torch.ones(1, dtype=torch.bfloat16, device="mps")
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def resolve_dtype(spec: str | torch.dtype, device: torch.device) -> tuple[torch.dtype, str]:
+    """The dtype to run in and a short reason, for "auto" or an explicit name."""
+    if isinstance(spec, torch.dtype):
+        return spec, "requested"
+    name = DTYPE_ALIASES.get(spec, spec)
+    if name in DTYPES:
+        return DTYPES[name], "requested"
+    if name != "auto":
+        raise ValueError(f"unknown dtype {spec!r}; use auto, bfloat16, float16 or float32")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "GPU supports bfloat16"
+        return torch.float32, "GPU lacks bfloat16 (float16 overflows in Gemma 2)"
+    if device.type == "mps":
+        if _mps_supports_bf16():
+            return torch.bfloat16, "MPS supports bfloat16"
+        return torch.float32, "MPS lacks bfloat16 on this macOS"
+    if cpu_has_fast_bf16():
+        return torch.bfloat16, "CPU has AVX512-BF16/AMX"
+    return torch.float32, "CPU lacks AVX512-BF16/AMX, where bfloat16 is emulated and slower"
+
+
+def set_num_threads(n: int | None) -> None:
+    """Intra-op threads for CPU kernels (None keeps torch's default: one per core)."""
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"threads must be >= 1, got {n}")
+        torch.set_num_threads(n)

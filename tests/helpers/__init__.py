@@ -1,0 +1,1 @@
+"""Test-only helpers: tiny tokenizers, tiny random checkpoints, fake servers."""

@@ -1,0 +1,180 @@
+"""Tiny random-weight PaliGemma checkpoints built with transformers (the reference).
+
+Each checkpoint is a directory in Hugging Face layout (config.json, safetensors, tokenizer.model)
+written by ``save_pretrained``, optionally renamed to the tensor naming of the released hub files or
+to transformers' in-memory naming, or re-sharded, so the loader is exercised on every layout it
+meets in the wild (spec §9.4).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .tiny_tokenizer import train_tiny_tokenizer
+
+TOKENIZER_VOCAB = 1600  # pieces in the tiny tokenizer; <image> is the next id
+IMAGE_TOKEN_ID = TOKENIZER_VOCAB
+MODEL_VOCAB = 1664  # TOKENIZER_VOCAB + 1 rounded up to a multiple of 64, as the real checkpoints are
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape knobs for a tiny checkpoint; defaults are a small PaliGemma 1."""
+
+    family: str = "gemma"  # "gemma" (PaliGemma 1) or "gemma2" (PaliGemma 2)
+    hidden: int = 64
+    intermediate: int = 96
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 1
+    head_dim: int = 16
+    image_size: int = 28
+    patch: int = 7
+    vision_hidden: int = 32
+    vision_intermediate: int = 48
+    vision_layers: int = 2
+    vision_heads: int = 2
+    text_extra: dict = field(default_factory=dict)  # e.g. softcaps, query_pre_attn_scalar, sliding_window
+
+
+def hf_config(spec: TinySpec):
+    from transformers import PaliGemmaConfig
+
+    text = dict(
+        model_type=spec.family,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        vocab_size=MODEL_VOCAB,
+        hidden_activation="gelu_pytorch_tanh",
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
+    if spec.family == "gemma2":
+        text.update(query_pre_attn_scalar=spec.head_dim, sliding_window=4096)
+    text.update(spec.text_extra)
+    vision = dict(
+        model_type="siglip_vision_model",
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_intermediate,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch,
+        vision_use_head=False,
+    )
+    return PaliGemmaConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=IMAGE_TOKEN_ID,
+        projection_dim=spec.hidden,
+        hidden_size=spec.hidden,
+        vocab_size=MODEL_VOCAB,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
+
+
+def build_reference(spec: TinySpec, seed: int = 0):
+    """A random-weight transformers model in fp32, eager attention, eval mode."""
+    from transformers import PaliGemmaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = hf_config(spec)
+    config._attn_implementation = "eager"
+    config.text_config._attn_implementation = "eager"
+    config.vision_config._attn_implementation = "eager"
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    # transformers initialises norms at zero-offset and small std; perturb every tensor so that
+    # norms, biases and position tables all matter and no bug can hide behind an identity weight.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+            elif "embed" in name:
+                p.copy_(torch.randn_like(p) * 0.5)
+    return model
+
+
+HUB_RENAMES = (  # transformers-5 save_pretrained naming -> released hub naming
+    (r"^vision_tower\.(?!vision_model\.)", "vision_tower.vision_model."),
+)
+STATE_DICT_RENAMES = (  # released hub naming -> transformers-5 in-memory naming
+    (r"^vision_tower\.vision_model\.", "model.vision_tower."),
+    (r"^vision_tower\.", "model.vision_tower."),
+    (r"^language_model\.model\.", "model.language_model."),
+    (r"^language_model\.lm_head\.", "lm_head."),
+    (r"^multi_modal_projector\.", "model.multi_modal_projector."),
+)
+
+
+def _rename(tensors: dict, rules) -> dict:
+    out = {}
+    for name, t in tensors.items():
+        for pattern, repl in rules:
+            name = re.sub(pattern, repl, name)
+        out[name] = t
+    return out
+
+
+def _weight_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.safetensors"))
+
+
+def _read_all(path: Path) -> dict:
+    tensors = {}
+    for f in _weight_files(path):
+        tensors.update(load_file(f))
+    return tensors
+
+
+def rewrite(path: Path, naming: str = "hub", shards: int = 1, dtype: torch.dtype | None = None) -> None:
+    """Rewrite the weights of a checkpoint dir with another naming / shard count / dtype."""
+    tensors = _read_all(path)
+    tensors = _rename(tensors, HUB_RENAMES)  # normalise to the hub naming first
+    if naming == "state_dict":
+        tensors = _rename(tensors, STATE_DICT_RENAMES)
+    elif naming != "hub":
+        raise ValueError(naming)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    for f in _weight_files(path):
+        f.unlink()
+    (path / "model.safetensors.index.json").unlink(missing_ok=True)
+    names = sorted(tensors)
+    if shards == 1:
+        save_file({k: tensors[k].contiguous() for k in names}, path / "model.safetensors", metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i in range(shards):
+        part = names[i::shards]
+        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({k: tensors[k].contiguous() for k in part}, path / fname, metadata={"format": "pt"})
+        weight_map.update({k: fname for k in part})
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def save_checkpoint(model, path: str | Path, naming: str = "hub", shards: int = 1, dtype=None) -> Path:
+    """save_pretrained + tokenizer.model, then rewrite to the requested naming/sharding/dtype."""
+    path = Path(path)
+    model.save_pretrained(path)
+    train_tiny_tokenizer(path / "tokenizer.model", vocab_size=TOKENIZER_VOCAB)
+    rewrite(path, naming=naming, shards=shards, dtype=dtype)
+    return path
+
+
+def make_tiny_checkpoint(path: str | Path, spec: TinySpec = TinySpec(), seed: int = 0, **kw) -> Path:
+    """Build a random reference model and save it; returns the checkpoint directory."""
+    return save_checkpoint(build_reference(spec, seed), path, **kw)
