@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ class TinySpec:
     vision_intermediate: int = 48
     vision_layers: int = 2
     vision_heads: int = 2
-    text_extra: dict = field(default_factory=dict)  # e.g. softcaps, query_pre_attn_scalar, sliding_window
+    text_extra: tuple = ()  # (key, value) pairs for text_config, e.g. (("sliding_window", 8),)
 
 
 def hf_config(spec: TinySpec):
@@ -62,7 +63,7 @@ def hf_config(spec: TinySpec):
     )
     if spec.family == "gemma2":
         text.update(query_pre_attn_scalar=spec.head_dim, sliding_window=4096)
-    text.update(spec.text_extra)
+    text.update(dict(spec.text_extra))
     vision = dict(
         model_type="siglip_vision_model",
         hidden_size=spec.vision_hidden,
@@ -96,14 +97,18 @@ def build_reference(spec: TinySpec, seed: int = 0):
     config.text_config._attn_implementation = "eager"
     config.vision_config._attn_implementation = "eager"
     model = PaliGemmaForConditionalGeneration(config).eval()
-    # transformers initialises norms at zero-offset and small std; perturb every tensor so that
-    # norms, biases and position tables all matter and no bug can hide behind an identity weight.
+    # transformers initialises with std 0.02, so the residual stream is all embedding and the tied
+    # head just echoes the last token. Re-draw every tensor so that every layer, norm, bias and
+    # position table shapes the output and no bug can hide behind a near-identity.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.1)
             elif "embed" in name:
-                p.copy_(torch.randn_like(p) * 0.5)
+                p.copy_(torch.randn_like(p) * 0.3 * p.shape[-1] ** -0.5)
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn_like(p) * 2 * fan_in**-0.5)
     return model
 
 
@@ -140,12 +145,14 @@ def _read_all(path: Path) -> dict:
 
 
 def rewrite(path: Path, naming: str = "hub", shards: int = 1, dtype: torch.dtype | None = None) -> None:
-    """Rewrite the weights of a checkpoint dir with another naming / shard count / dtype."""
+    """Rewrite the weights of a checkpoint dir with another naming / shard count / dtype.
+    naming: "hub" (released files), "save_pretrained" (transformers 5 output), "state_dict"."""
     tensors = _read_all(path)
-    tensors = _rename(tensors, HUB_RENAMES)  # normalise to the hub naming first
+    if naming != "save_pretrained":  # keep transformers 5's own save naming as it is
+        tensors = _rename(tensors, HUB_RENAMES)  # normalise to the hub naming first
     if naming == "state_dict":
         tensors = _rename(tensors, STATE_DICT_RENAMES)
-    elif naming != "hub":
+    elif naming not in ("hub", "save_pretrained"):
         raise ValueError(naming)
     if dtype is not None:
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
@@ -170,7 +177,10 @@ def save_checkpoint(model, path: str | Path, naming: str = "hub", shards: int = 
     """save_pretrained + tokenizer.model, then rewrite to the requested naming/sharding/dtype."""
     path = Path(path)
     model.save_pretrained(path)
-    train_tiny_tokenizer(path / "tokenizer.model", vocab_size=TOKENIZER_VOCAB)
+    tokenizer = path.parent / "_tiny_tokenizer.model"
+    if not tokenizer.exists():  # training is cheap but deterministic: do it once per directory
+        train_tiny_tokenizer(tokenizer, vocab_size=TOKENIZER_VOCAB)
+    shutil.copyfile(tokenizer, path / "tokenizer.model")
     rewrite(path, naming=naming, shards=shards, dtype=dtype)
     return path
 

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny random reference models and their checkpoints, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never reach the real hub, and a developer's own token must not leak into them.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.pop("HF_TOKEN", None)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory, monkeypatch):
+    """Every test gets private pali and Hugging Face caches: never the user's real ones."""
+    root = tmp_path_factory.getbasetemp() / "caches"
+    monkeypatch.setenv("PALI_CACHE_DIR", str(root / "pali"))
+    monkeypatch.setenv("HF_HOME", str(root / "hf_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf_home" / "hub"))
+
+
+class CheckpointFactory:
+    """Builds (and caches for the session) a random reference model + its saved checkpoint per spec."""
+
+    def __init__(self, root):
+        self.root = root
+        self._models: dict = {}
+        self._dirs: dict = {}
+
+    def reference(self, spec, seed: int = 0):
+        from tests.helpers.checkpoints import build_reference
+
+        key = (spec, seed)
+        if key not in self._models:
+            self._models[key] = build_reference(spec, seed)
+        return self._models[key]
+
+    def checkpoint(self, spec, seed: int = 0, naming: str = "hub", shards: int = 1, dtype=None):
+        from tests.helpers.checkpoints import save_checkpoint
+
+        key = (spec, seed, naming, shards, str(dtype))
+        if key not in self._dirs:
+            path = self.root / f"ckpt{len(self._dirs)}"
+            self._dirs[key] = save_checkpoint(self.reference(spec, seed), path, naming=naming, shards=shards, dtype=dtype)
+        return self._dirs[key]
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> CheckpointFactory:
+    return CheckpointFactory(tmp_path_factory.mktemp("checkpoints"))
