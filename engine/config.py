@@ -211,3 +211,57 @@ def load_config(checkpoint_dir: str | Path, window_policy: WindowPolicy = "none"
         raise ConfigError(f"{path}: {e}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{path}: bad value ({e})") from None
+
+
+def to_hf_config(config: PaliGemmaConfig) -> dict:
+    """Inverse of from_hf_config: a config.json dict in Hugging Face's PaliGemma layout, with every
+    field written out (nothing left to class defaults), for checkpoints we save ourselves."""
+    t, v = config.text, config.vision
+    text = {
+        "model_type": t.variant,
+        "vocab_size": t.vocab_size,
+        "hidden_size": t.hidden_size,
+        "intermediate_size": t.intermediate_size,
+        "num_hidden_layers": t.num_layers,
+        "num_attention_heads": t.num_heads,
+        "num_key_value_heads": t.num_kv_heads,
+        "head_dim": t.head_dim,
+        "rms_norm_eps": t.rms_norm_eps,
+        "rope_theta": t.rope_theta,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "num_image_tokens": v.num_patches,
+    }
+    if t.variant == "gemma2":
+        text.update(
+            # transformers validates this as an int; every released value (256, 144) is one.
+            query_pre_attn_scalar=int(t.query_pre_attn_scalar) if t.query_pre_attn_scalar.is_integer() else t.query_pre_attn_scalar,
+            attn_logit_softcapping=t.attn_logit_softcap,
+            final_logit_softcapping=t.final_logit_softcap,
+            sliding_window=t.sliding_window,
+        )
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": v.hidden_size,
+        "intermediate_size": v.intermediate_size,
+        "num_hidden_layers": v.num_layers,
+        "num_attention_heads": v.num_heads,
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "layer_norm_eps": v.layer_norm_eps,
+        "hidden_act": "gelu_pytorch_tanh",
+        "vision_use_head": False,
+        "projection_dim": t.hidden_size,
+        "num_image_tokens": v.num_patches,
+    }
+    return {
+        "architectures": ["PaliGemmaForConditionalGeneration"],
+        "model_type": "paligemma",
+        "text_config": text,
+        "vision_config": vision,
+        "projection_dim": t.hidden_size,
+        "hidden_size": t.hidden_size,
+        "pad_token_id": config.pad_token_id,
+        "eos_token_id": config.eos_token_id,
+        "bos_token_id": config.bos_token_id,
+        "vocab_size": t.vocab_size,
+    }

@@ -31,6 +31,14 @@ NAME_TABLE: tuple[tuple[str, str], ...] = (
     (r"^(?:model\.)?multi_modal_projector\.linear\.", "projector."),
     (r"^(?:language_model\.model\.|model\.language_model\.)", "language_model."),
 )
+# Where our parameters go when we save: the released hub naming, which every loader accepts.
+SAVE_TABLE: tuple[tuple[str, str], ...] = (
+    (r"^vision_tower\.(patch_embedding|position_embedding)\.", r"vision_tower.vision_model.embeddings.\1."),
+    (r"^vision_tower\.layers\.", "vision_tower.vision_model.encoder.layers."),
+    (r"^vision_tower\.post_layernorm\.", "vision_tower.vision_model.post_layernorm."),
+    (r"^projector\.", "multi_modal_projector.linear."),
+    (r"^language_model\.", "language_model.model."),
+)
 # Gemma 1's "post_attention_layernorm" is the norm *before* the MLP (Gemma 2 renamed roles).
 GEMMA1_NORM = (r"^(language_model\.layers\.\d+\.)post_attention_layernorm\.", r"\1pre_feedforward_layernorm.")
 TIED_HEAD = re.compile(r"^(?:language_model\.lm_head|lm_head)\.weight$")
@@ -49,6 +57,36 @@ def map_name(name: str, variant: str) -> str | None:
         if n:
             return re.sub(GEMMA1_NORM[0], GEMMA1_NORM[1], mapped) if variant == "gemma" else mapped
     return None
+
+
+def hub_name(name: str, variant: str) -> str:
+    """Our parameter name -> the released hub naming (inverse of map_name)."""
+    if variant == "gemma":
+        name = re.sub(r"^(language_model\.layers\.\d+\.)pre_feedforward_layernorm\.", r"\1post_attention_layernorm.", name)
+    for pattern, repl in SAVE_TABLE:
+        name, n = re.subn(pattern, repl, name)
+        if n:
+            return name
+    raise ValueError(f"no checkpoint name for parameter {name}")
+
+
+def save_backbone(model: PaliGemmaBackbone, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write config.json + model.safetensors in the released hub layout (loadable by us and by
+    transformers). The tokenizer is the caller's to copy."""
+    from safetensors.torch import save_file
+
+    from .config import to_hf_config
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    variant = model.config.text.variant
+    tensors = {
+        hub_name(name, variant): (p.detach().to(dtype) if dtype is not None else p.detach()).cpu().contiguous()
+        for name, p in model.named_parameters()
+    }
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(to_hf_config(model.config), indent=2) + "\n")
+    return directory
 
 
 def weight_files(checkpoint_dir: Path) -> list[Path]:
