@@ -29,6 +29,8 @@ import threading
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -96,11 +98,21 @@ class FakeHub:
         repo.branches[revision] = _Snapshot(commit, dict(files))
         return commit
 
+    def add_repo_dir(self, repo_id: str, directory: str | Path, **options: Any) -> str:
+        """Publish every file under ``directory`` (e.g. a saved checkpoint); options as add_repo."""
+        root = Path(directory)
+        files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        return self.add_repo(repo_id, files, **options)
+
     def add_fault(self, repo_id: str, filename: str, *faults: tuple[str, int]) -> None:
         """Queue misbehaviours for the next GETs of a file's bytes, one fault per GET."""
         for kind, value in faults:
             assert kind in {"drop", "status"}
             self._faults[(repo_id, filename)].append((kind, value))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
 
     def clear_requests(self) -> None:
         with self._lock:
@@ -112,7 +124,7 @@ class FakeHub:
         for attribute in ("url", "cdn_url"):
             server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
             server.daemon_threads = True  # keep-alive connections must not block stop()
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
             self._servers.append(server)
             setattr(self, attribute, f"http://127.0.0.1:{server.server_address[1]}")
         return self
