@@ -44,7 +44,7 @@ ALLOW_PATTERNS: tuple[str, ...] = (
 )
 _PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
 # How the CLI downloads a model; used in error messages.
-DOWNLOAD_COMMAND = "pali download {label}"
+DOWNLOAD_COMMAND = "pali presets download {label}"
 _LICENSE_PAGE = "https://huggingface.co/{repo}"
 
 

@@ -279,7 +279,7 @@ def test_connection_lost_for_good_is_an_interrupted_download(fake_hub, monkeypat
     fake_hub.add_fault(REPO, "model.safetensors", ("drop", 60_000), *[("drop", 0)] * 5)
     monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 4096)
 
-    with pytest.raises(hub.DownloadInterruptedError, match=f"pali download {PRESET}"):
+    with pytest.raises(hub.DownloadInterruptedError, match=f"pali presets download {PRESET}"):
         hub.resolve(PRESET, quiet=True)
 
     fake_hub.clear_faults()
@@ -298,13 +298,13 @@ def test_offline_and_not_cached(fake_hub, monkeypatch):
 
     message = str(caught.value)
     assert PRESET in message and "HF_HUB_OFFLINE" in message
-    assert f"pali download {PRESET}" in message
+    assert f"pali presets download {PRESET}" in message
     assert fake_hub.requests == []
 
 
 def test_no_download_allowed_and_not_cached(fake_hub):
     fake_hub.add_repo(REPO, checkpoint_files())
-    with pytest.raises(hub.OfflineError, match=f"pali download {PRESET}"):
+    with pytest.raises(hub.OfflineError, match=f"pali presets download {PRESET}"):
         hub.resolve(PRESET, allow_download=False)
     assert fake_hub.requests == []
 
@@ -461,7 +461,12 @@ def test_quiet_hides_the_progress_bars(fake_hub, capfd):
     hub.resolve(PRESET, quiet=True)
     assert "Fetching" not in capfd.readouterr().err
 
-    if huggingface_hub.utils.are_progress_bars_disabled():
-        pytest.skip("progress bars are disabled in this environment (HF_HUB_DISABLE_PROGRESS_BARS)")
-    hub.resolve("hf://someone/other")
+    # Another in-process caller (a CLI test run with -q) may have switched the bars off globally.
+    was_disabled = huggingface_hub.utils.are_progress_bars_disabled()
+    huggingface_hub.utils.enable_progress_bars()
+    try:
+        hub.resolve("hf://someone/other")
+    finally:
+        if was_disabled:
+            huggingface_hub.utils.disable_progress_bars()
     assert "Fetching 4 files" in capfd.readouterr().err

@@ -1,0 +1,116 @@
+"""PaliGemma task prompts and the parsing of their structured outputs (pure text, no torch).
+
+Prompt syntax (spec §8.5): ``"caption {lang}\\n"``, ``"answer {lang} {question}\\n"``,
+``"detect {object} ; {object}\\n"``, ``"segment {object}\\n"``, ``"ocr\\n"``. The trailing newline
+is the prompt/answer separator; the preprocessor accepts prompts with or without it, the builders
+here always add it so a prompt reads the same wherever it is printed.
+
+A newline inside a prompt would end the prefix early and ``;`` separates detection classes, so
+user text is normalised before it goes in: whitespace runs (newlines included) collapse to one
+space, and object names lose any ``;``.
+
+Detection output (spec §12.1) is ``<locY1><locX1><locY2><locX2> label`` repeated and joined by
+``" ; "``: four 0..1023 bins per box, in the order y_min, x_min, y_max, x_max, as fractions
+``bin / 1024`` of the image the model saw. That image is the whole picture squashed to a square,
+so the fractions map straight onto the original width and height.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+LOC_BINS = 1024  # <loc0000> .. <loc1023>; bin / 1024 is the common convention (spec §12.1)
+
+# Four loc tokens, optionally 16 seg tokens (segmentation), then an optional label up to the next
+# ";" or token. Applied repeatedly over the whole text, so junk between instances is skipped.
+_INSTANCE = re.compile(
+    r"<loc(\d{4})>\s*<loc(\d{4})>\s*<loc(\d{4})>\s*<loc(\d{4})>"
+    r"((?:\s*<seg\d{3}>){16})?"
+    r"\s*([^;<>]*)"
+)
+_SPACES = re.compile(r"\s+")
+
+
+def _one_line(text: str, what: str) -> str:
+    cleaned = _SPACES.sub(" ", text).strip()
+    if not cleaned:
+        raise ValueError(f"{what} is empty")
+    return cleaned
+
+
+def _lang(lang: str) -> str:
+    # A language code is one word in the prompt; anything with spaces would shift the task syntax.
+    code = lang.strip()
+    if not code or _SPACES.search(code):
+        raise ValueError(f"language code {lang!r} must be one word, e.g. 'en', 'fr', 'zh'")
+    return code
+
+
+def caption_prompt(lang: str = "en") -> str:
+    """``"caption {lang}\\n"``: a short caption in the given language."""
+    return f"caption {_lang(lang)}\n"
+
+
+def answer_prompt(question: str, lang: str = "en") -> str:
+    """``"answer {lang} {question}\\n"``: visual question answering."""
+    return f"answer {_lang(lang)} {_one_line(question, 'the question')}\n"
+
+
+def split_objects(objects: str | Iterable[str]) -> list[str]:
+    """Object names from ``"cat ; dog"`` (or a list of names), stripped, empty ones dropped."""
+    parts = objects.split(";") if isinstance(objects, str) else [p for o in objects for p in o.split(";")]
+    names = [_SPACES.sub(" ", p).strip() for p in parts]
+    return [n for n in names if n]
+
+
+def _objects_clause(objects: str | Iterable[str]) -> str:
+    names = split_objects(objects)
+    if not names:
+        raise ValueError("no object names given; name what to find, e.g. 'cat ; dog'")
+    return " ; ".join(names)
+
+
+def detect_prompt(objects: str | Iterable[str]) -> str:
+    """``"detect {a} ; {b}\\n"`` from ``"a ; b"`` or ``["a", "b"]``."""
+    return f"detect {_objects_clause(objects)}\n"
+
+
+def segment_prompt(objects: str | Iterable[str]) -> str:
+    """``"segment {a} ; {b}\\n"`` (PaliGemma 1 models are trained on one object per prompt)."""
+    return f"segment {_objects_clause(objects)}\n"
+
+
+def ocr_prompt() -> str:
+    """``"ocr\\n"``: read the text in the image."""
+    return "ocr\n"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object: ``box`` is ``(x_min, y_min, x_max, y_max)`` in pixels of the original
+    image, ``normalized`` the same corners as fractions of the width and height (in [0, 1))."""
+
+    label: str
+    box: tuple[float, float, float, float]
+    normalized: tuple[float, float, float, float]
+
+
+def parse_detections(text: str, width: int, height: int) -> list[Detection]:
+    """Parses detection (or segmentation) output into boxes in pixels of a ``width`` x ``height``
+    image. Inverted boxes are put in order and everything is clamped to the image."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    found = []
+    for m in _INSTANCE.finditer(text):
+        y1, x1, y2, x2 = (int(g) / LOC_BINS for g in m.group(1, 2, 3, 4))
+        y1, y2 = sorted((y1, y2))
+        x1, x2 = sorted((x1, x2))
+        box = (_clamp(x1 * width, width), _clamp(y1 * height, height), _clamp(x2 * width, width), _clamp(y2 * height, height))
+        found.append(Detection(label=m.group(6).strip(), box=box, normalized=(x1, y1, x2, y2)))
+    return found
+
+
+def _clamp(v: float, hi: int) -> float:
+    return min(max(v, 0.0), float(hi))

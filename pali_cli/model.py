@@ -1,0 +1,82 @@
+"""The CLI's only door into the model engine. Everything that imports torch is imported inside
+these functions, so ``pali --help`` and the rest of the CLI never pay for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .console import Reporter, Stopwatch, format_duration
+from .errors import ModelUnavailable, PaliError, UsageProblem
+from .options import RunOptions, Sampler, SamplerChoice
+
+
+def canonical_preset(spec: str | None) -> str:
+    """The model as recorded and keyed: a preset name or alias becomes the canonical name, a
+    checkpoint directory its absolute path, ``hf://owner/repo[@rev]`` stays as written. An unknown
+    name is a usage error, found before any model is loaded."""
+    from engine.hub import HubSource, ModelUnavailableError, parse_spec
+    from engine.presets import DEFAULT_PRESET, UnknownPresetError, get_preset
+
+    text = (spec or "").strip() or DEFAULT_PRESET
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    try:
+        return get_preset(text).name
+    except UnknownPresetError:
+        pass
+    try:
+        source = parse_spec(text)
+    except UnknownPresetError as e:
+        raise UsageProblem(str(e)) from None
+    except ModelUnavailableError as e:
+        raise ModelUnavailable(str(e)) from None
+    return source.label if isinstance(source, HubSource) else str(source)
+
+
+def make_sampler(choice: SamplerChoice) -> Any:
+    import engine
+
+    if choice.name is Sampler.greedy:
+        return engine.GreedySampler()
+    if choice.name is Sampler.top_k:
+        return engine.TopKSampler(k=choice.top_k, temperature=choice.temperature, seed=choice.seed)
+    if choice.name is Sampler.top_p:
+        return engine.TopPSampler(p=choice.top_p, k=None, temperature=choice.temperature, seed=choice.seed)
+    return engine.RandomSampler(temperature=choice.temperature, seed=choice.seed)
+
+
+def load_model(preset: str, opts: RunOptions, reporter: Reporter) -> Any:
+    """Loads and compiles the model; engine and hub errors become CLI errors with exit codes."""
+    import engine
+    from engine.hub import ModelUnavailableError
+    from engine.presets import UnknownPresetError
+
+    if opts.threads:
+        engine.set_num_threads(opts.threads)
+    if opts.quiet:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    reporter.info(f"Loading {preset} ...")
+    clock = Stopwatch()
+    try:
+        lm = engine.PaliGemmaCausalLM.from_preset(
+            preset,
+            dtype=opts.dtype.value,
+            device=opts.device.value,
+            cache_dir=opts.cache_dir,
+        )
+        lm.compile(sampler=make_sampler(opts.sampler_choice()))
+    except ModelUnavailableError as e:
+        raise ModelUnavailable(str(e)) from None
+    except UnknownPresetError as e:
+        raise UsageProblem(str(e)) from None
+    except (ValueError, OSError, RuntimeError) as e:
+        # A broken or foreign checkpoint, a device that is not there: the engine's message names it.
+        raise PaliError(f"cannot load model {preset}: {e}") from None
+    device = str(getattr(lm, "device", "?"))
+    dtype = str(getattr(lm, "dtype", "?")).removeprefix("torch.")
+    reporter.info(f"Loaded in {format_duration(clock.seconds)} ({device}, {dtype})")
+    return lm

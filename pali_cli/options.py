@@ -1,0 +1,284 @@
+"""Options shared by every generation command, declared once.
+
+``RunOptions`` is both the declaration and the value: each field's ``Annotated`` type carries its
+Typer option, and ``@run_options`` appends those options to a command's own parameters, then hands
+the command one validated ``RunOptions``. So ``caption``, ``ask``, ``prompt``, ``detect`` and ``ocr``
+list only what is theirs, and a new shared option is one line here.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from .errors import UsageProblem
+from .sidecar import OnExisting
+
+INPUT, OUTPUT, SIDECAR, MODEL, GENERATION = "Input", "Output", "Sidecar files", "Model", "Generation"
+
+
+class Sampler(str, Enum):
+    greedy = "greedy"
+    top_k = "top-k"
+    top_p = "top-p"
+    random = "random"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class DType(str, Enum):
+    auto = "auto"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+# ----------------------------------------------------------------------------- option aliases
+
+Images = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        metavar="IMAGES",
+        show_default=False,
+        help="Image files, directories and quoted globs such as \"photos/**/*.jpg\".",
+    ),
+]
+Lang = Annotated[str, typer.Option("--lang", "-l", help="Language code of the output, e.g. en, fr, de, zh.")]
+
+Recursive = Annotated[
+    bool, typer.Option("--recursive", "-r", help="Also take images in subdirectories.", rich_help_panel=INPUT)
+]
+FilesFrom = Annotated[
+    Optional[str],
+    typer.Option(
+        "--files-from",
+        metavar="FILE",
+        help="Read image paths from FILE, one per line ('-' for stdin).",
+        rich_help_panel=INPUT,
+    ),
+]
+Output = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        dir_okay=False,
+        help="Append JSONL records to FILE. Rerunning the same command resumes: images already in FILE are skipped.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+Json = Annotated[
+    bool, typer.Option("--json", help="Print JSON records on stdout, even for one image.", rich_help_panel=OUTPUT)
+]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Empty the --output file first instead of resuming.", rich_help_panel=OUTPUT)
+]
+RetryFailed = Annotated[
+    bool,
+    typer.Option("--retry-failed", help="Redo images whose record in --output is an error.", rich_help_panel=OUTPUT),
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress, warnings or timing on stderr.", rich_help_panel=OUTPUT)
+]
+Sidecar = Annotated[
+    bool,
+    typer.Option("--sidecar", help="Write the text to a file next to each image (a.jpg -> a.txt).", rich_help_panel=SIDECAR),
+]
+SidecarExt = Annotated[
+    Optional[str],
+    typer.Option("--sidecar-ext", metavar="EXT", help="Sidecar extension.  \\[default: .txt]", rich_help_panel=SIDECAR),
+]
+OnExistingOpt = Annotated[
+    Optional[OnExisting],
+    typer.Option(
+        "--on-existing",
+        case_sensitive=False,
+        help="When a sidecar exists: skip the image, overwrite or append.  \\[default: skip]",
+        rich_help_panel=SIDECAR,
+    ),
+]
+Prefix = Annotated[
+    Optional[str], typer.Option("--prefix", metavar="TEXT", help="Text put before the sidecar text.", rich_help_panel=SIDECAR)
+]
+Suffix = Annotated[
+    Optional[str], typer.Option("--suffix", metavar="TEXT", help="Text put after the sidecar text.", rich_help_panel=SIDECAR)
+]
+Preset = Annotated[
+    Optional[str],
+    typer.Option(
+        "--preset",
+        "-p",
+        metavar="NAME|DIR",
+        envvar="PALI_PRESET",
+        show_envvar=True,
+        help="Model preset (see 'pali presets list') or a local checkpoint directory.  \\[default: the default preset]",
+        rich_help_panel=MODEL,
+    ),
+]
+CacheDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--cache-dir",
+        metavar="DIR",
+        envvar="PALI_CACHE_DIR",
+        show_envvar=True,
+        file_okay=False,
+        help="Where presets are downloaded.  \\[default: see 'pali presets path']",
+        rich_help_panel=MODEL,
+    ),
+]
+DeviceOpt = Annotated[
+    Device,
+    typer.Option("--device", envvar="PALI_DEVICE", show_envvar=True, case_sensitive=False, help="Where to run the model.", rich_help_panel=MODEL),
+]
+DTypeOpt = Annotated[
+    DType,
+    typer.Option("--dtype", case_sensitive=False, help="Weight precision (auto: bfloat16 where fast, else float32).", rich_help_panel=MODEL),
+]
+Threads = Annotated[
+    Optional[int], typer.Option("--threads", min=1, help="CPU threads for the model.", rich_help_panel=MODEL)
+]
+BatchSize = Annotated[
+    int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.", rich_help_panel=MODEL)
+]
+MaxTokens = Annotated[
+    Optional[int],
+    typer.Option("--max-tokens", min=1, help="Most tokens to generate per image.  \\[default: 128; 256 for ocr and detect]", rich_help_panel=GENERATION),
+]
+SamplerOpt = Annotated[
+    Optional[Sampler],
+    typer.Option(
+        "--sampler",
+        case_sensitive=False,
+        help="Decoding: greedy, or sampling. Default: greedy, or the sampler the other options imply.",
+        rich_help_panel=GENERATION,
+    ),
+]
+Temperature = Annotated[
+    Optional[float], typer.Option("--temperature", help="Sampling temperature (> 0).  \\[default: 1.0]", rich_help_panel=GENERATION)
+]
+TopK = Annotated[
+    Optional[int], typer.Option("--top-k", min=1, help="Sample among the k likeliest tokens.  \\[default: 50]", rich_help_panel=GENERATION)
+]
+TopP = Annotated[
+    Optional[float],
+    typer.Option("--top-p", help="Sample from the smallest set of tokens with this total probability (0 < p <= 1).  \\[default: 0.9]", rich_help_panel=GENERATION),
+]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.", rich_help_panel=GENERATION)]
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    """The decoding strategy after defaults and implications are applied."""
+
+    name: Sampler
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 0.9
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Shared options of the generation commands (field order = order in --help)."""
+
+    recursive: Recursive = False
+    files_from: FilesFrom = None
+    output: Output = None
+    json: Json = False
+    overwrite: Overwrite = False
+    retry_failed: RetryFailed = False
+    quiet: Quiet = False
+    sidecar: Sidecar = False
+    sidecar_ext: SidecarExt = None
+    on_existing: OnExistingOpt = None
+    prefix: Prefix = None
+    suffix: Suffix = None
+    preset: Preset = None
+    cache_dir: CacheDir = None
+    device: DeviceOpt = Device.auto
+    dtype: DTypeOpt = DType.auto
+    threads: Threads = None
+    batch_size: BatchSize = 1
+    max_tokens: MaxTokens = None
+    sampler: SamplerOpt = None
+    temperature: Temperature = None
+    top_k: TopK = None
+    top_p: TopP = None
+    seed: Seed = None
+
+    def __post_init__(self) -> None:
+        if (self.overwrite or self.retry_failed) and self.output is None:
+            flag = "--overwrite" if self.overwrite else "--retry-failed"
+            raise UsageProblem(f"{flag} works on a results file; add -o FILE")
+        if self.overwrite and self.retry_failed:
+            raise UsageProblem("--overwrite and --retry-failed contradict each other; choose one")
+        if not self.sidecar:
+            given = [flag for flag, v in (("--sidecar-ext", self.sidecar_ext), ("--on-existing", self.on_existing), ("--prefix", self.prefix), ("--suffix", self.suffix)) if v is not None]
+            if given:
+                raise UsageProblem(f"{', '.join(given)} only shape sidecar files; add --sidecar")
+        if self.temperature is not None and not self.temperature > 0:
+            raise UsageProblem(f"--temperature must be greater than 0, got {self.temperature:g}; use --sampler greedy for deterministic output")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UsageProblem(f"--top-p must be in (0, 1], got {self.top_p:g}")
+        if self.sampler is Sampler.greedy:
+            given = [flag for flag, v in (("--temperature", self.temperature), ("--top-k", self.top_k), ("--top-p", self.top_p)) if v is not None]
+            if given:
+                raise UsageProblem(f"{', '.join(given)} only apply to sampling; drop them or pick --sampler top-k, top-p or random")
+
+    def sampler_choice(self) -> SamplerChoice:
+        """Explicit ``--sampler`` wins; otherwise ``--top-p`` implies top-p, ``--top-k`` top-k and a
+        lone ``--temperature`` plain random sampling; with none of them, greedy."""
+        name = self.sampler
+        if name is None:
+            if self.top_p is not None:
+                name = Sampler.top_p
+            elif self.top_k is not None:
+                name = Sampler.top_k
+            elif self.temperature is not None:
+                name = Sampler.random
+            else:
+                name = Sampler.greedy
+        base = SamplerChoice(name)
+        return SamplerChoice(
+            name=name,
+            temperature=base.temperature if self.temperature is None else self.temperature,
+            top_k=base.top_k if self.top_k is None else self.top_k,
+            top_p=base.top_p if self.top_p is None else self.top_p,
+            seed=self.seed,
+        )
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Adds the ``RunOptions`` options to a command; the command receives them as ``opts``."""
+    signature = inspect.signature(func, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "opts"]
+    hints = typing.get_type_hints(RunOptions, include_extras=True)
+    shared = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name], default=f.default)
+        for f in fields(RunOptions)
+    ]
+    names = [f.name for f in fields(RunOptions)]
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        opts = RunOptions(**{name: kwargs.pop(name) for name in names})
+        return func(**kwargs, opts=opts)
+
+    params = own + shared
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
