@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from tests.helpers.fixtures_text import tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401  (shared fixtures)
+
 # Tests never reach the real hub, and a developer's own token must not leak into them.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.pop("HF_TOKEN", None)

@@ -12,11 +12,7 @@ from PIL import Image
 from engine.image import preprocess_images
 from engine.preprocessor import PaliGemmaCausalLMPreprocessor
 from engine.tokenizer import PaliGemmaTokenizer
-from tests.helpers.fixtures_text import (  # noqa: F401 (fixtures)
-    hf_paligemma_processor,
-    tiny_tokenizer,
-    tiny_tokenizer_dir,
-)
+from tests.helpers.fixtures_text import hf_paligemma_processor
 
 IMAGE_SIZE = 32
 NUM_IMAGE_TOKENS = 4  # any count works: the reference puts them all before BOS and we drop them

@@ -15,7 +15,6 @@ import sentencepiece as spm
 import torch
 
 from engine.tokenizer import PaliGemmaTokenizer, TokenizerLoadError
-from tests.helpers.fixtures_text import tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401 (fixtures)
 from tests.helpers.tiny_tokenizer import LOC_TOKENS, SEG_TOKENS
 
 
