@@ -131,13 +131,15 @@ def test_padding_rows_of_the_embedding_are_never_generated(checkpoints, tmp_path
     assert max(c.token_ids) < TOKENIZER_VOCAB
 
 
-def test_bfloat16_runs_and_stays_close_to_float32(checkpoints, lm):
-    bf16 = PaliGemmaCausalLM.from_preset(checkpoints.checkpoint(SPEC), dtype="bfloat16", device="cpu")
-    assert bf16.dtype == torch.bfloat16
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precisions_run_and_stay_close_to_float32(checkpoints, lm, dtype):
+    half = PaliGemmaCausalLM.from_preset(checkpoints.checkpoint(SPEC), dtype=str(dtype).removeprefix("torch."), device="cpu")
+    assert half.dtype == dtype
     pixels = lm.preprocessor.preprocess_images([_image()])
     ids = torch.tensor([lm.preprocessor.encode_prompt("caption en")])
     with torch.no_grad():
         a = lm.backbone(pixels, ids)[0, -1]
-        b = bf16.backbone(pixels, ids)[0, -1]
-    cos = torch.nn.functional.cosine_similarity(a, b, dim=0)
-    assert cos > 0.99
+        b = half.backbone(pixels, ids)[0, -1]
+    assert b.dtype == torch.float32 and torch.isfinite(b).all()  # logits always come back in fp32
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
+    assert half.complete([_image()], ["caption en"], max_new_tokens=4, stop_token_ids=None)[0].token_ids
