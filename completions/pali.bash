@@ -28,6 +28,7 @@ _pali() {
                 --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8" -- "$cur")); return ;;
                 --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
@@ -38,7 +39,7 @@ _pali() {
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -56,6 +57,7 @@ _pali() {
                 --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8" -- "$cur")); return ;;
                 --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
@@ -66,7 +68,7 @@ _pali() {
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -83,6 +85,7 @@ _pali() {
                 --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8" -- "$cur")); return ;;
                 --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
@@ -93,7 +96,7 @@ _pali() {
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -110,6 +113,7 @@ _pali() {
                 --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8" -- "$cur")); return ;;
                 --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
@@ -120,7 +124,7 @@ _pali() {
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -137,6 +141,7 @@ _pali() {
                 --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8" -- "$cur")); return ;;
                 --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
@@ -147,7 +152,7 @@ _pali() {
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi

@@ -22,6 +22,7 @@ import torch
 from .backbone import PaliGemmaBackbone
 from .config import WindowPolicy, load_config
 from .generate import generate_tokens
+from .optimize import optimize
 from .preprocessor import PaliGemmaCausalLMPreprocessor
 from .runtime import resolve_device, resolve_dtype
 from .samplers import GreedySampler, get_sampler, make_generator
@@ -74,15 +75,25 @@ class PaliGemmaCausalLM:
         sliding_window: WindowPolicy = "none",
         cache_dir: str | Path | None = None,
         allow_download: bool = True,
+        quantize: str | None = None,
     ) -> "PaliGemmaCausalLM":
         """Load a preset name (see engine.presets), ``hf://owner/repo[@revision]`` or a local directory
         in Hugging Face layout. ``preprocessor=None`` skips the tokenizer (token-id API only).
-        ``sliding_window``: "none" (as the models were trained) or "transformers" (its Gemma 2 window)."""
+        ``sliding_window``: "none" (as the models were trained) or "transformers" (its Gemma 2 window).
+        ``quantize="int8"``: int8 weights (engine.quantize), cached under ``cache_dir`` after the first load."""
         directory, info = resolve_checkpoint(preset, cache_dir, allow_download)
         config = load_config(directory, window_policy=sliding_window)
         torch_device = resolve_device(device)
         torch_dtype, reason = resolve_dtype(dtype, torch_device)
-        backbone = load_backbone(directory, config, torch_dtype, torch_device)
+        if quantize:
+            from .hub import default_cache_dir
+            from .quantize import load_quantized_backbone
+
+            cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+            backbone = load_quantized_backbone(directory, config, quantize, torch_dtype, torch_device, cache_root)
+        else:
+            backbone = load_backbone(directory, config, torch_dtype, torch_device)
+        optimize(backbone)
         pre = None
         if preprocessor:
             length = sequence_length or (info.sequence_length if info and info.sequence_length else DEFAULT_SEQUENCE_LENGTH)
@@ -101,11 +112,11 @@ class PaliGemmaCausalLM:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.backbone.language_model.embed_tokens.weight.dtype
+        return self.backbone.language_model.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.backbone.language_model.embed_tokens.weight.device
+        return self.backbone.language_model.norm.weight.device
 
     # ------------------------------------------------------------------ generation
 
@@ -241,3 +252,13 @@ class PaliGemmaCausalLM:
         if as_numpy:
             return {"token_ids": out_ids.numpy(), "padding_mask": out_mask.numpy()}
         return {"token_ids": out_ids, "padding_mask": out_mask}
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self, dataset: Any, **options: Any):
+        """Train on ``{"images", "prefixes", "suffixes"}`` data, keras-hub style:
+        ``lm.fit(data, epochs=2, batch_size=8, learning_rate=1e-4)``. Options and dataset forms are
+        documented in engine.train; returns its TrainHistory."""
+        from .train import fit
+
+        return fit(self, dataset, **options)

@@ -45,7 +45,7 @@ def stream_tokens(
     and its cache rows are dropped, so finished rows cost nothing.
     """
     lm, cfg = backbone.language_model, backbone.config.text
-    device, dtype = pixel_values.device, lm.embed_tokens.weight.dtype
+    device, dtype = pixel_values.device, lm.dtype
     b, n_img = len(prompts), backbone.num_image_tokens
     ids, text_mask = _right_align(prompts, backbone.config.pad_token_id, device)
     prompt_end = n_img + ids.shape[1]

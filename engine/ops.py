@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def embedding(num: int, dim: int) -> nn.Embedding:
-    """nn.Embedding with its N(0, 1) init skipped on the meta device, where torch's normal_ costs
-    seconds of one-off imports and the values are replaced by the checkpoint anyway."""
+def embedding(num: int, dim: int, cls: type[nn.Embedding] = nn.Embedding) -> nn.Embedding:
+    """nn.Embedding (or a subclass) with its N(0, 1) init skipped on the meta device, where torch's
+    normal_ costs seconds of one-off imports and the values are replaced by the checkpoint anyway."""
     weight = torch.empty(num, dim)
     if not weight.is_meta:
         nn.init.normal_(weight)
-    return nn.Embedding(num, dim, _weight=weight)
+    return cls(num, dim, _weight=weight)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

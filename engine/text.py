@@ -36,6 +36,21 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
+class TiedEmbedding(nn.Embedding):
+    """The token embedding, which is also the LM head (tied weights): ``forward`` looks rows up,
+    ``attend`` scores hidden states against every row. Quantized replacements (engine.quantize)
+    provide the same two methods and ``dtype``, so the decoder never reads ``.weight`` itself."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the activations this embedding produces."""
+        return self.weight.dtype
+
+    def attend(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float[..., H] -> float[..., V]; F.linear reads the matrix in place, never copying its ~1 GB."""
+        return F.linear(hidden, self.weight)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -101,15 +116,20 @@ class Decoder(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size, TiedEmbedding)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The activation dtype (also that of the KV cache)."""
+        return self.embed_tokens.dtype
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Text embeddings scaled by sqrt(H) rounded to the embedding dtype, as every reference does
         (45.25 rather than 45.2548 in bf16 for H=2048). Image features are never scaled."""
-        weight = self.embed_tokens.weight
-        return F.embedding(token_ids, weight) * torch.tensor(self.cfg.embed_scale, dtype=weight.dtype)
+        x = self.embed_tokens(token_ids)
+        return x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
 
     def forward(
         self,
@@ -130,9 +150,8 @@ class Decoder(nn.Module):
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float[..., H] -> fp32 logits float[..., V]. The head is the embedding matrix itself (tied):
-        F.linear reads it in place, never copying its ~1 GB."""
-        logits = F.linear(hidden, self.embed_tokens.weight).float()
+        """float[..., H] -> fp32 logits float[..., V]. The head is the embedding matrix itself (tied)."""
+        logits = self.embed_tokens.attend(hidden).float()
         if self.cfg.final_logit_softcap is not None:
             logits = torch.tanh(logits / self.cfg.final_logit_softcap) * self.cfg.final_logit_softcap
         return logits

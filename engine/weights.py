@@ -114,6 +114,26 @@ def weight_files(checkpoint_dir: Path) -> list[Path]:
     raise CheckpointError(f"{checkpoint_dir}: no model.safetensors or model.safetensors.index.json found")
 
 
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+CAST_CHUNK_BYTES = 256 * 1024**2  # source bytes mapped at a time while casting
+
+
+def _read_cast(path: Path, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Read one tensor converted to ``dtype``, a slice of rows at a time, each through its own file
+    handle: a handle keeps every page it touched mapped (and counted in RSS) until it closes, so
+    casting a whole shard through one handle would hold up to a shard's bytes on top of the model
+    (e.g. fp32 hub files loaded into bf16). The extra memory stays below CAST_CHUNK_BYTES."""
+    out = torch.empty(shape, dtype=dtype)
+    if out.ndim == 0:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return out.copy_(f.get_tensor(name))
+    step = max(1, CAST_CHUNK_BYTES // max(1, out[0].numel() * 4))
+    for start in range(0, shape[0], step):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            out[start : start + step].copy_(f.get_slice(name)[start : start + step])
+    return out
+
+
 def _keep_fp32(name: str) -> bool:
     # RMSNorm scales are applied in fp32 anyway; keeping them there avoids rounding (1 + w).
     return name.startswith("language_model.") and name.endswith("norm.weight")
@@ -158,11 +178,15 @@ def load_backbone(
                         f"{path}: tensor {ckpt_name} has shape {list(shape)} but config.json implies "
                         f"{list(expected[name])}; config.json and the weights disagree"
                     )
+                target = torch.float32 if _keep_fp32(name) else dtype
                 try:
-                    tensor = f.get_tensor(ckpt_name)
+                    if SAFETENSORS_DTYPES.get(f.get_slice(ckpt_name).get_dtype()) == target:
+                        # Zero-copy: the tensor is a view of the memory-mapped file.
+                        tensor = f.get_tensor(ckpt_name)
+                    else:
+                        tensor = _read_cast(path, ckpt_name, shape, target)
                 except (SafetensorError, OSError, RuntimeError) as e:
                     raise CheckpointError(f"{path}: cannot read {ckpt_name} ({e}); re-download the file") from None
-                target = torch.float32 if _keep_fp32(name) else dtype
                 state[name] = tensor.to(device=device, dtype=target)
                 sources[name] = ckpt_name
     if unused:

@@ -67,6 +67,7 @@ def load_model(preset: str, opts: RunOptions, reporter: Reporter) -> Any:
             dtype=opts.dtype.value,
             device=opts.device.value,
             cache_dir=opts.cache_dir,
+            quantize=None if opts.quantize.value == "none" else opts.quantize.value,
         )
         lm.compile(sampler=make_sampler(opts.sampler_choice()))
     except ModelUnavailableError as e:
@@ -78,5 +79,6 @@ def load_model(preset: str, opts: RunOptions, reporter: Reporter) -> Any:
         raise PaliError(f"cannot load model {preset}: {e}") from None
     device = str(getattr(lm, "device", "?"))
     dtype = str(getattr(lm, "dtype", "?")).removeprefix("torch.")
-    reporter.info(f"Loaded in {format_duration(clock.seconds)} ({device}, {dtype})")
+    quantized = "" if opts.quantize.value == "none" else f", {opts.quantize.value} weights"
+    reporter.info(f"Loaded in {format_duration(clock.seconds)} ({device}, {dtype}{quantized})")
     return lm

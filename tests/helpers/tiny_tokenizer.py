@@ -8,11 +8,10 @@ normalisation (Gemma keeps spaces and newlines verbatim).
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
-import sentencepiece as spm
+from engine.demo.tokenizer import train_paligemma_style
 
 WORDS = (
     "a an the of on in at is are with and to what where who how many color colour red green blue "
@@ -40,32 +39,4 @@ def _corpus(num_lines: int, seed: int) -> list[str]:
 
 def train_tiny_tokenizer(path: str | Path, vocab_size: int = 1600, seed: int = 0) -> Path:
     """Train and write ``tokenizer.model`` at ``path``; returns the path."""
-    path = Path(path)
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus(3000, seed)),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        eos_piece="<eos>",
-        bos_piece="<bos>",
-        unk_piece="<unk>",
-        user_defined_symbols=["\n", *LOC_TOKENS, *SEG_TOKENS],
-        byte_fallback=True,
-        split_digits=True,
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        allow_whitespace_only_pieces=True,
-        hard_vocab_limit=False,
-        character_coverage=1.0,
-        minloglevel=2,
-        num_threads=1,
-    )
-    path.write_bytes(model.getvalue())
-    return path
+    return train_paligemma_style(path, _corpus(3000, seed), vocab_size)

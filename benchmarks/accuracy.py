@@ -1,0 +1,92 @@
+"""Numerical error of each mode at full size, against our fp32 model (and transformers fp32).
+
+    python -m benchmarks.accuracy                          # PG1 3B 224
+    python -m benchmarks.accuracy --preset pali_gemma2_pt_3b_224
+
+1. Free-running greedy: 32 tokens from each mode (fp32, bf16, int8, and transformers in fp32 and
+   bf16); reported as the number of leading tokens equal to our fp32 run's, and the total matches.
+2. Teacher forcing: every mode scores the same sequence (prompt + our fp32 greedy tokens); per
+   position, the cosine similarity of its fp32 logits with our fp32 model's, whether the top-1 agrees,
+   and the max |difference|. Transformers fp32 there is the full-size parity check of the logits.
+Each model runs in its own process (benchmarks/worker.py); one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from .checkpoints import build
+from .run import prompt_ids, run_worker
+
+MODES = (("ours", "fp32"), ("ours", "bf16"), ("ours", "int8"), ("hf", "fp32"), ("hf", "bf16"))
+
+
+def compare(reference, logits) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    cos = F.cosine_similarity(reference.double(), logits.double(), dim=-1)
+    top1 = (reference.argmax(-1) == logits.argmax(-1)).float()
+    return {
+        "cosine_mean": cos.mean().item(),
+        "cosine_min": cos.min().item(),
+        "top1_agreement": top1.mean().item(),
+        "max_abs_diff": (reference - logits).abs().max().item(),
+        "logit_std": reference.std().item(),
+        "positions": int(reference.shape[0]),
+        "all_finite": bool(torch.isfinite(logits).all()),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="pali_gemma_3b_224")
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--root", type=Path, default=None)
+    args = parser.parse_args(argv)
+    checkpoint = args.checkpoint or build(args.preset, args.root)
+    ids = prompt_ids(checkpoint)
+    tokens = {}
+    for side, mode in MODES:
+        result = run_worker(side, checkpoint, mode, 1, args.new_tokens, ids)
+        if "error" in result:
+            raise SystemExit(f"{side} {mode}: {result['error']}")
+        tokens[(side, mode)] = result["tokens"][0]
+    ref = tokens[("ours", "fp32")]
+    summary = {"preset": args.preset, "checkpoint": str(checkpoint), "greedy": {}, "teacher_forced": {}}
+    for (side, mode), toks in tokens.items():
+        lead = next((i for i, (a, b) in enumerate(zip(ref, toks)) if a != b), len(ref))
+        summary["greedy"][f"{side} {mode}"] = {"leading_equal": lead, "equal": sum(a == b for a, b in zip(ref, toks)), "of": len(ref)}
+    with tempfile.TemporaryDirectory() as tmp:
+        score = Path(tmp) / "tokens.json"
+        score.write_text(json.dumps(ref))
+        logits = {}
+        for side, mode in MODES:
+            dump = Path(tmp) / f"{side}-{mode}.pt"
+            result = run_worker(side, checkpoint, mode, 1, args.new_tokens, ids, extra=["--score", str(score), "--dump", str(dump)])
+            if "error" in result:
+                raise SystemExit(f"{side} {mode} (scoring): {result['error']}")
+            logits[(side, mode)] = torch.load(dump)
+    reference = logits[("ours", "fp32")]
+    for key, value in logits.items():
+        summary["teacher_forced"][" ".join(key)] = compare(reference, value)
+    print(json.dumps(summary))
+    print(f"\n{args.preset}: against our fp32 model, {len(ref)} generated tokens\n")
+    print("| mode | greedy: leading tokens equal | greedy: tokens equal | logit cosine mean | min | top-1 agreement (teacher-forced) | max abs diff |")
+    print("|---|---|---|---|---|---|---|")
+    for key in logits:
+        name = " ".join(key)
+        g, t = summary["greedy"][name], summary["teacher_forced"][name]
+        print(f"| {name} | {g['leading_equal']}/{g['of']} | {g['equal']}/{g['of']} | {t['cosine_mean']:.6f} | {t['cosine_min']:.6f} | "
+              f"{t['top1_agreement']:.3f} | {t['max_abs_diff']:.2e} |")
+    print(f"\nlogit std (our fp32): {summary['teacher_forced']['ours fp32']['logit_std']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
