@@ -250,6 +250,13 @@ def cached_presets(cache_dir: str | Path | None = None) -> list[Preset]:
     return [preset for preset in list_presets() if is_cached(preset.name, cache_dir)]
 
 
+def _is_bundled(spec: str | os.PathLike) -> bool:
+    try:
+        return get_preset(os.fspath(spec)).bundled_dir is not None
+    except UnknownPresetError:  # a ValueError too
+        return False
+
+
 def remove(spec: str | os.PathLike, cache_dir: str | Path | None = None) -> int:
     """Delete ``spec``'s copy from pali's cache and return the bytes freed (0 if there was none).
 
@@ -260,8 +267,8 @@ def remove(spec: str | os.PathLike, cache_dir: str | Path | None = None) -> int:
 
     source = parse_spec(spec)
     if isinstance(source, Path):
-        raise LocalModelError(f"{os.fspath(spec)} is a local directory, not a download; pali only "
-                              "deletes what it downloaded.")
+        what = "ships inside the pali package" if _is_bundled(spec) else "is a local directory"
+        raise LocalModelError(f"{os.fspath(spec)} {what}, not a download; pali only deletes what it downloaded.")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if _same_dir(root, hf_cache_dir()):
         raise LocalModelError(f"pali's cache {root} is the shared Hugging Face cache; pali does not "

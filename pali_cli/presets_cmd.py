@@ -120,7 +120,7 @@ def list_command(
             f"{_FAMILY.get(r['family'], r['family'])} {r['kind']}",
             r["size"].upper(),
             f"{r['image_size']} px",
-            "yes" if r["downloaded"] else "-",
+            ("bundled" if r["family"] == "demo" else "yes") if r["downloaded"] else "-",
             format_bytes(r["size_on_disk"]) if r["downloaded"] else "",
         )
     console = Console(highlight=False)

@@ -81,6 +81,15 @@ def test_path_prints_the_cache_dir_from_env_or_option(env):
     assert pali("presets", "path", "--cache-dir", str(env / "elsewhere")).stdout.strip() == str(env / "elsewhere")
 
 
+def test_the_bundled_demo_is_listed_as_bundled_and_never_removed(env):
+    row = listing()["pali-demo-shapes"]
+    assert row["downloaded"] is True and row["size_on_disk"] > 1_000_000
+    assert "bundled" in pali("presets", "list").stdout
+    refused = pali("presets", "rm", "pali-demo-shapes")
+    assert refused.exit_code == 4 and "ships inside the pali package" in refused.stderr
+    assert (Path(pali("presets", "path", "pali-demo-shapes").stdout.strip()) / "model.safetensors").is_file()
+
+
 def test_download_then_use_offline_then_remove(hub, env):
     files = fake_files()
     hub.add_repo(REPO, files)
@@ -100,7 +109,8 @@ def test_download_then_use_offline_then_remove(hub, env):
     assert again.exit_code == 0 and again.stdout.strip() == str(folder)
     assert "already downloaded" in again.stderr
     assert pali("presets", "path", PRESET).stdout.strip() == str(folder)
-    assert [r["name"] for r in json.loads(pali("presets", "list", "--downloaded", "--json").stdout)] == [PRESET]
+    # The demo model ships inside the package, so it is always usable without a download.
+    assert [r["name"] for r in json.loads(pali("presets", "list", "--downloaded", "--json").stdout)] == [PRESET, "pali-demo-shapes"]
     assert hub.requests == []
 
     removed = pali("presets", "rm", PRESET)

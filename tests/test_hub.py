@@ -168,7 +168,7 @@ def test_reuses_the_huggingface_cache_in_place_without_a_request(fake_hub, env):
 
     assert folder == shared and not env["pali"].exists()
     assert hub.is_cached(PRESET)
-    assert [p.name for p in hub.cached_presets()] == [PRESET]
+    assert [p.name for p in hub.cached_presets()] == [PRESET, "pali-demo-shapes"]  # the demo is bundled
     assert fake_hub.requests == []
 
 
