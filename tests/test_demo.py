@@ -219,7 +219,7 @@ def test_train_demo_script_runs_and_writes_a_loadable_model(tmp_path):
     from engine import PaliGemmaCausalLM
     from engine.demo import train_demo
 
-    args = ["--vision-steps", "10", "--frozen-steps", "10", "--steps", "10", "--batch-size", "4"]
+    args = ["--vision-steps", "10", "--frozen-steps", "10", "--steps", "10", "--polish-steps", "5", "--batch-size", "4"]
     train_demo.main(["--out", str(tmp_path / "demo"), *args])
     lm = PaliGemmaCausalLM.from_preset(tmp_path / "demo", dtype="float32", device="cpu")
     assert lm.backbone.config.image_size == train_demo.IMAGE_SIZE

@@ -1,6 +1,6 @@
 """Train the bundled demo model (preset ``pali-demo-shapes``) from scratch on the shapes task.
 
-    python -m engine.demo.train_demo                   # writes engine/demo_model/ (about 25 min, 2 cores)
+    python -m engine.demo.train_demo                   # writes engine/demo_model/ (about 30 min, 2 cores)
     python -m engine.demo.train_demo --out /tmp/demo   # anywhere else
 
 The model is a PaliGemma 2 in miniature (1.5 M parameters): a SigLIP-style tower on 112 px images
@@ -12,9 +12,11 @@ order, vision first:
    (engine.demo.vision_pretrain; PaliGemma starts from a pretrained SigLIP for the same reason);
 2. decoder and projector learn the three tasks with the tower frozen, so their random early
    gradients cannot wash out what the tower learnt;
-3. everything trains together at a lower rate, which sharpens the boxes.
+3. everything trains together at a lower rate, which sharpens the boxes;
+4. a short polish at a lower rate still, on a mix weighted towards detection (boxes are the last
+   thing to settle: it lifts held-out IoU > 0.5 by about four points).
 
-Stages 2 and 3 are engine.train's ``fit`` (the suffix-only objective, prefix-LM mask, AdamW,
+Stages 2 to 4 are engine.train's ``fit`` (the suffix-only objective, prefix-LM mask, AdamW,
 clipping) on fresh streams of examples. Everything is seeded (tokenizer, init, data), so a rerun on
 the same torch build reproduces the weights up to floating-point summation order.
 
@@ -55,6 +57,7 @@ TRAIN_SEED = 0  # data stream; evaluation uses other seeds (engine.demo.evaluate
 VISION_SEED = 100  # stage 1 scenes
 INIT_SEED = 0
 TASK_WEIGHTS = {"caption": 0.3, "vqa": 0.25, "detect": 0.45}  # boxes are the hardest to learn, colours the easiest
+POLISH_WEIGHTS = {"caption": 0.3, "vqa": 0.1, "detect": 0.6}
 DEMO_SIZES = dict(image_size=IMAGE_SIZE, patch_size=14, vision_hidden=96, vision_layers=4,
                   text_hidden=128, text_mlp=384, text_layers=4, text_heads=4, text_kv_heads=1)
 
@@ -140,9 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vision-steps", type=int, default=2500, help="stage 1: vision tower alone")
     parser.add_argument("--frozen-steps", type=int, default=2000, help="stage 2: decoder and projector, tower frozen")
     parser.add_argument("--steps", type=int, default=2000, help="stage 3: everything")
+    parser.add_argument("--polish-steps", type=int, default=900, help="stage 4: everything, detection-weighted")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="stages 1 and 2")
     parser.add_argument("--final-learning-rate", type=float, default=3e-4, help="stage 3")
+    parser.add_argument("--polish-learning-rate", type=float, default=1e-4, help="stage 4")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -153,12 +158,16 @@ def main(argv: list[str] | None = None) -> None:
     lr, bs = args.learning_rate, args.batch_size
     common = dict(weight_decay=0.01, schedule="cosine", max_grad_norm=1.0, precision="float32", batch_size=None)
     stage2 = TrainConfig(learning_rate=lr, warmup_steps=200, freeze=("vision_tower",), **common)
-    stage3 = TrainConfig(learning_rate=args.final_learning_rate, warmup_steps=100, checkpoint_dir=args.out, **common)
+    last = "polish" if args.polish_steps else "all"  # the last stage writes the checkpoint
+    stage3 = TrainConfig(learning_rate=args.final_learning_rate, warmup_steps=100,
+                         checkpoint_dir=args.out if last == "all" else None, **common)
+    stage4 = TrainConfig(learning_rate=args.polish_learning_rate, warmup_steps=50, checkpoint_dir=args.out, **common)
     print(f"pali-demo-shapes: {n_params / 1e6:.2f} M parameters, {lm.backbone.num_image_tokens} image tokens, "
           f"vocabulary {lm.preprocessor.tokenizer.vocabulary_size}, sizes {DEMO_SIZES}")
-    print(f"settings: steps (vision, frozen, all)=({args.vision_steps}, {args.frozen_steps}, {args.steps}) "
-          f"batch_size={bs} lr={lr} (stage 3: {stage3.learning_rate:g}) weight_decay={common['weight_decay']} "
-          f"clip={common['max_grad_norm']} tasks={TASK_WEIGHTS} seeds (init, vision, data)=({INIT_SEED}, {VISION_SEED}, "
+    print(f"settings: steps (vision, frozen, all, polish)=({args.vision_steps}, {args.frozen_steps}, {args.steps}, "
+          f"{args.polish_steps}) batch_size={bs} lr={lr} (stage 3: {stage3.learning_rate:g}, stage 4: "
+          f"{stage4.learning_rate:g}) weight_decay={common['weight_decay']} clip={common['max_grad_norm']} "
+          f"tasks={TASK_WEIGHTS} (stage 4: {POLISH_WEIGHTS}) seeds (init, vision, data)=({INIT_SEED}, {VISION_SEED}, "
           f"{TRAIN_SEED}) threads={args.threads} torch={torch.__version__}", flush=True)
     start = time.perf_counter()
     size = lm.backbone.config.image_size
@@ -174,7 +183,10 @@ def main(argv: list[str] | None = None) -> None:
         data = shapes.ShapesBatches(TRAIN_SEED, bs, args.frozen_steps, size, TASK_WEIGHTS)
         fit(lm, data, stage2, callback=_stage2_reporter("stage 2"))
     data = shapes.ShapesBatches(TRAIN_SEED + 1, bs, args.steps, size, TASK_WEIGHTS)  # fresh scenes
-    history = fit(lm, data, stage3, callback=_stage2_reporter("stage 3"))  # writes the checkpoint
+    history = fit(lm, data, stage3, callback=_stage2_reporter("stage 3"))
+    if args.polish_steps:
+        data = shapes.ShapesBatches(TRAIN_SEED + 2, bs, args.polish_steps, size, POLISH_WEIGHTS)
+        history = fit(lm, data, stage4, callback=_stage2_reporter("stage 4"))
     final = sum(history.losses[-100:]) / len(history.losses[-100:])
     summary = {"seconds_total": round(time.perf_counter() - start, 1), "final_loss_last100": round(final, 4)}
     print(json.dumps(summary))
