@@ -184,8 +184,9 @@ def optimize(backbone: nn.Module) -> nn.Module:
     lm = backbone.language_model
     embed = lm.embed_tokens
     if type(embed) is TiedEmbedding and embed.weight.device.type == "cpu" and embed.weight.dtype == torch.float32:
-        with torch.device("meta"):
-            fast = CpuTiedEmbedding(embed.num_embeddings, embed.embedding_dim)
+        n, d = embed.num_embeddings, embed.embedding_dim
+        with torch.device("meta"):  # a placeholder weight: no N(0, 1) init (seconds of one-off imports)
+            fast = CpuTiedEmbedding(n, d, _weight=torch.empty(n, d))
         fast.weight = embed.weight  # the same parameter: nothing is copied
         lm.embed_tokens = fast
     return backbone
