@@ -89,7 +89,7 @@ class PaliGemmaCausalLM:
             from .hub import default_cache_dir
             from .quantize import load_quantized_backbone
 
-            cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+            cache_root = default_cache_dir(cache_dir)
             backbone = load_quantized_backbone(directory, config, quantize, torch_dtype, torch_device, cache_root)
         else:
             backbone = load_backbone(directory, config, torch_dtype, torch_device)

@@ -69,8 +69,11 @@ class HubSource:
 # ----------------------------------------------------------------------------- locations
 
 
-def default_cache_dir() -> Path:
-    """pali's download cache: ``$PALI_CACHE_DIR``, else the platform's user cache dir."""
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """pali's download cache: ``cache_dir`` when given, else ``$PALI_CACHE_DIR``, else the
+    platform's user cache dir."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
     env = os.environ.get("PALI_CACHE_DIR")
     if env:
         return Path(env).expanduser()
@@ -94,7 +97,7 @@ def hf_cache_dir() -> Path:
 
 
 def _cache_roots(cache_dir: str | Path | None) -> list[Path]:
-    own = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    own = default_cache_dir(cache_dir)
     shared = hf_cache_dir()
     return [own] if _same_dir(own, shared) else [own, shared]
 
@@ -269,7 +272,7 @@ def remove(spec: str | os.PathLike, cache_dir: str | Path | None = None) -> int:
     if isinstance(source, Path):
         what = "ships inside the pali package" if _is_bundled(spec) else "is a local directory"
         raise LocalModelError(f"{os.fspath(spec)} {what}, not a download; pali only deletes what it downloaded.")
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = default_cache_dir(cache_dir)
     if _same_dir(root, hf_cache_dir()):
         raise LocalModelError(f"pali's cache {root} is the shared Hugging Face cache; pali does not "
                               "delete from it (use `hf cache delete`).")

@@ -170,7 +170,7 @@ def path_command(
     from engine import hub
 
     if name is None:
-        sys.stdout.write(f"{Path(cache_dir).expanduser() if cache_dir else hub.default_cache_dir()}\n")
+        sys.stdout.write(f"{hub.default_cache_dir(cache_dir)}\n")
         return
     path = _hub_call(hub.resolve, name, cache_dir, allow_download=False)
     sys.stdout.write(f"{path}\n")

@@ -152,6 +152,18 @@ def test_cache_round_trip(checkpoints, tmp_path):
     assert generate_tokens(first.backbone, pixels, *run) == generate_tokens(second.backbone, pixels, *run)
 
 
+def test_cache_goes_where_downloads_go(checkpoints, tmp_path, monkeypatch):
+    """The quantized cache follows the download cache: "~" in cache_dir expands, and without one
+    $PALI_CACHE_DIR decides, as it does for downloads."""
+    path = checkpoints.checkpoint(SPEC, seed=5)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu", quantize="int8", cache_dir="~/pali")
+    assert len(_quant_files(tmp_path / "home" / "pali")) == 1
+    monkeypatch.setenv("PALI_CACHE_DIR", str(tmp_path / "env-cache"))
+    PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu", quantize="int8")
+    assert len(_quant_files(tmp_path / "env-cache")) == 1
+
+
 def test_cache_keyed_on_source_and_dtype(checkpoints, tmp_path):
     path = checkpoints.checkpoint(SPEC, seed=3)
     PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu", quantize="int8", cache_dir=tmp_path)
