@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 
 from .backbone import PaliGemmaBackbone
 from .config import PaliGemmaConfig
+from .memory import TensorReader, empty_weight
 
 # (checkpoint pattern, our name). Anchored at the start; the first match wins.
 NAME_TABLE: tuple[tuple[str, str], ...] = (
@@ -114,24 +115,15 @@ def weight_files(checkpoint_dir: Path) -> list[Path]:
     raise CheckpointError(f"{checkpoint_dir}: no model.safetensors or model.safetensors.index.json found")
 
 
-SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-CAST_CHUNK_BYTES = 256 * 1024**2  # source bytes mapped at a time while casting
-
-
-def _read_cast(path: Path, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Read one tensor converted to ``dtype``, a slice of rows at a time, each through its own file
-    handle: a handle keeps every page it touched mapped (and counted in RSS) until it closes, so
-    casting a whole shard through one handle would hold up to a shard's bytes on top of the model
-    (e.g. fp32 hub files loaded into bf16). The extra memory stays below CAST_CHUNK_BYTES."""
-    out = torch.empty(shape, dtype=dtype)
-    if out.ndim == 0:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return out.copy_(f.get_tensor(name))
-    step = max(1, CAST_CHUNK_BYTES // max(1, out[0].numel() * 4))
-    for start in range(0, shape[0], step):
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            out[start : start + step].copy_(f.get_slice(name)[start : start + step])
-    return out
+def _read(reader: TensorReader, f, ckpt_name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One checkpoint tensor in ``dtype`` on ``device``. Stored in that dtype on CPU: a view of the
+    memory-mapped file (zero-copy). To be cast on CPU: read into memory of its own (huge pages
+    where large, engine.memory). Other devices: moved over from the mapping."""
+    if device.type != "cpu":
+        return f.get_tensor(ckpt_name).to(device=device, dtype=dtype)
+    if reader.dtype(ckpt_name) == dtype:
+        return f.get_tensor(ckpt_name)
+    return reader.read_into(ckpt_name, empty_weight(shape, dtype))
 
 
 def _keep_fp32(name: str) -> bool:
@@ -154,12 +146,14 @@ def load_backbone(
     sources: dict[str, str] = {}
     heads: list[tuple[Path, str]] = []
     unused: list[str] = []
+    device = torch.device(device)
     for path in weight_files(checkpoint_dir):
         try:
             handle = safe_open(str(path), framework="pt", device="cpu")
-        except (SafetensorError, OSError) as e:
+            reader = TensorReader(path)
+        except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: unreadable safetensors file ({e}); the download may be truncated") from None
-        with handle as f:
+        with handle as f, reader:
             for ckpt_name in f.keys():
                 if IGNORED.search(ckpt_name):
                     continue
@@ -180,14 +174,9 @@ def load_backbone(
                     )
                 target = torch.float32 if _keep_fp32(name) else dtype
                 try:
-                    if SAFETENSORS_DTYPES.get(f.get_slice(ckpt_name).get_dtype()) == target:
-                        # Zero-copy: the tensor is a view of the memory-mapped file.
-                        tensor = f.get_tensor(ckpt_name)
-                    else:
-                        tensor = _read_cast(path, ckpt_name, shape, target)
-                except (SafetensorError, OSError, RuntimeError) as e:
+                    state[name] = _read(reader, f, ckpt_name, shape, target, device)
+                except (SafetensorError, OSError, RuntimeError, ValueError, KeyError) as e:
                     raise CheckpointError(f"{path}: cannot read {ckpt_name} ({e}); re-download the file") from None
-                state[name] = tensor.to(device=device, dtype=target)
                 sources[name] = ckpt_name
     if unused:
         raise CheckpointError(
