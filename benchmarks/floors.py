@@ -7,6 +7,7 @@ Shapes are PaliGemma 1 3B's text MLP: up/gate (2048 -> 16384) and down (16384 ->
 row counts (the batch) and at prefill (266 rows: 256 image tokens + a short prompt). Each kernel
 cycles through several distinct weights (more bytes than the last-level cache), so decode figures
 are the memory-bound rates a real decode step sees. "GB/s" counts weight bytes read per second.
+"huge pages" rows read the same weights from engine.memory's 2 MiB-page memory (Linux THP).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from engine.memory import empty_weight
 
 SHAPES = {"up 2048->16384": (16384, 2048), "down 16384->2048": (2048, 16384)}
 ROWS = (1, 2, 4, 8, 16, 32, 64, 266)
@@ -43,6 +46,9 @@ def kernels(n: int, k: int, g: torch.Generator) -> dict:
     """name -> (bytes per weight, weights, fn(x_fp32, x_bf16, weight) -> y)."""
     fp32 = [torch.randn(n, k, generator=g) for _ in range(COPIES)]
     bf16 = [w.bfloat16() for w in fp32]
+    # The same weights in engine.memory's huge-page memory (what a casting load gives them).
+    fp32_huge = [empty_weight((n, k), torch.float32).copy_(w) for w in fp32]
+    bf16_huge = [empty_weight((n, k), torch.bfloat16).copy_(w) for w in bf16]
     int8 = [_int8(w) for w in fp32]
     onednn = torch.ops.mkldnn._linear_pointwise
     scratch = torch.empty(n, k)
@@ -50,7 +56,9 @@ def kernels(n: int, k: int, g: torch.Generator) -> dict:
         "fp32 F.linear": (4, fp32, lambda xf, xb, w: F.linear(xf, w)),
         "fp32 weight @ x.T": (4, fp32, lambda xf, xb, w: torch.matmul(w, xf.T)),
         "fp32 oneDNN (plain weight)": (4, fp32, lambda xf, xb, w: onednn(xf, w, None, "none", [], "")),
+        "fp32 oneDNN, huge pages": (4, fp32_huge, lambda xf, xb, w: onednn(xf, w, None, "none", [], "")),
         "bf16 F.linear": (2, bf16, lambda xf, xb, w: F.linear(xb, w)),
+        "bf16 F.linear, huge pages": (2, bf16_huge, lambda xf, xb, w: F.linear(xb, w)),
         "bf16 -> fp32 scratch + oneDNN": (2, bf16, lambda xf, xb, w: onednn(xf, scratch.copy_(w), None, "none", [], "")),
         "int8 _weight_int8pack_mm (bf16 x)": (1, int8, lambda xf, xb, w: torch.ops.aten._weight_int8pack_mm(xb, w[0], w[1])),
         "int8 -> fp32 scratch + oneDNN": (1, int8, lambda xf, xb, w: onednn(xf, scratch.copy_(w[0]).mul_(w[1].float()[:, None]), None, "none", [], "")),

@@ -7,14 +7,16 @@ hub files run in fp32, fp32 files in bf16) needs memory of its own, and this mod
 * **Huge pages.** A converted weight of 2 MiB or more gets an anonymous mapping advised for 2 MiB
   pages (Linux transparent huge pages, ``madvise`` mode). Decode streams every weight once per
   token; with 4 KiB pages the TLB misses constantly and prefetchers stop at every page edge. On the
-  benchmark machine (2-core AMD EPYC VM) a one-row fp32 GEMV reads 14-18 GB/s from 4 KiB pages and
-  21-22 GB/s from huge pages; PaliGemma 3B in fp32 prefills ~10% and decodes ~5% faster. Copying
-  same-dtype weights too was measured and rejected: +5 s of load (page faults at ~1 GB/s in a VM)
-  for 2-3% faster bf16 decode. Elsewhere (macOS, Windows, THP off) plain ``torch.empty`` is used.
+  benchmark machine (2-core AMD EPYC VM) a one-row fp32 GEMV reads 3-45% faster from huge pages,
+  depending on shape and run (``python -m benchmarks.floors``: 15.3 -> 17.1 GB/s on the MLP up
+  projection, 15.0 -> 15.4 on the down projection; another run 14-18 -> 21-22); PaliGemma 3B in
+  fp32 prefills ~10% and decodes ~5% faster end to end. Copying same-dtype weights too was
+  measured and rejected: +5 s of load (page faults at ~1 GB/s in a VM) for 2-3% faster bf16 decode. Elsewhere (macOS, Windows, THP off) plain ``torch.empty`` is used.
 * **Bounded reads.** :class:`TensorReader` copies a tensor's bytes through one small reused buffer,
   casting on the way: a load never holds a second copy of a shard (not even as mapped file pages,
   which count in RSS until unmapped) and never faults in fresh memory for the source (a fp32 load
-  of a bf16 3B checkpoint: 10 s, against 14-18 s through safetensors' sliced reads).
+  of a bf16 3B checkpoint: 8-14 s, against 13-18 s through safetensors' sliced reads; page faults
+  in a VM vary from run to run).
 
 Each large weight has its own mapping, so a tensor that is dropped later (quantization replaces
 every linear) gives its memory back; one arena for all would live as long as its last small view.
