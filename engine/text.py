@@ -69,8 +69,12 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(start, k, v)  # (B, K, start + T, D)
-        out = attention(q, k, v, mask, self.scale, self.softcap)  # (B, N, T, D)
+        out = self.attend(q, k, v, mask)  # (B, N, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+    def attend(self, q, k, v, mask) -> torch.Tensor:
+        """Scores, soft-cap, mask, softmax and the weighted sum (engine.optimize may swap the dtype)."""
+        return attention(q, k, v, mask, self.scale, self.softcap)
 
 
 class MLP(nn.Module):

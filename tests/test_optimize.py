@@ -9,7 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import load_config
-from engine.optimize import GEMV_MAX_ROWS, CpuLinear, CpuTiedEmbedding, converted_linear, linear, matmul_dtype, optimize, scratch
+from engine.optimize import (
+    GEMV_MAX_ROWS, CpuLinear, CpuTiedEmbedding, UpcastAttention, converted_linear, linear, matmul_dtype, optimize, scratch,
+)
+from engine.ops import attention
 from engine.runtime import cpu_has_fast_bf16
 from engine.weights import load_backbone
 from tests.helpers.checkpoints import TinySpec
@@ -76,6 +79,31 @@ def test_scratch_is_reused_and_grows():
     assert scratch((3,), torch.bfloat16, CPU).dtype == torch.bfloat16
 
 
+def spec_layers(backbone) -> int:
+    return len(backbone.language_model.layers)
+
+
+@pytest.mark.parametrize("softcap", [None, 50.0])
+def test_upcast_attention_is_fp32_attention(checkpoints, softcap):
+    """The swapped module shares every projection and computes the core in fp32, rounding once."""
+    path = checkpoints.checkpoint(TinySpec(family="gemma2", kv_heads=2))
+    attn = _load(path, torch.bfloat16).language_model.layers[0].self_attn
+    attn.softcap = softcap
+    up = UpcastAttention.wrap(attn)
+    assert up.q_proj is attn.q_proj and up.o_proj is attn.o_proj and up.scale == attn.scale
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, attn.num_heads, 5, attn.head_dim, generator=g).bfloat16()
+    k, v = (torch.randn(2, attn.num_kv, 9, attn.head_dim, generator=g).bfloat16() for _ in range(2))
+    mask = torch.rand(2, 1, 5, 9, generator=g) > 0.3
+    mask[..., 0] = True
+    got = up.attend(q, k, v, mask)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, attention(q.float(), k.float(), v.float(), mask, attn.scale, softcap).bfloat16())
+    x = torch.randn(2, 5, attn.q_proj.in_features, generator=g).bfloat16()
+    cos, sin = torch.ones(2, 1, 5, attn.head_dim).bfloat16(), torch.zeros(2, 1, 5, attn.head_dim).bfloat16()
+    assert up(x, cos, sin, None, None, 0).shape == x.shape  # the whole module still runs
+
+
 def _load(path, dtype):
     return load_backbone(path, load_config(path), dtype)
 
@@ -91,6 +119,8 @@ def test_optimized_bf16_model(checkpoints, spec):
     fast = optimize(_load(path, torch.bfloat16))
     swapped = [m for m in fast.modules() if isinstance(m, CpuLinear) and m.weight.dtype == torch.bfloat16]
     assert bool(swapped) == (not cpu_has_fast_bf16())  # on AMX machines bf16 stays native
+    upcast = [layer.self_attn for layer in fast.language_model.layers if isinstance(layer.self_attn, UpcastAttention)]
+    assert len(upcast) == (0 if cpu_has_fast_bf16() else spec_layers(fast))
     g = torch.Generator().manual_seed(0)
     pixels = torch.rand(2, 3, spec.image_size, spec.image_size, generator=g) * 2 - 1
     ids = torch.randint(5, 1500, (2, 10), generator=g)
