@@ -2,6 +2,7 @@
 
     python -m benchmarks.accuracy                          # PG1 3B 224
     python -m benchmarks.accuracy --preset pali_gemma2_pt_3b_224
+    python -m benchmarks.accuracy --modes ours:bf16 hf:bf16  # a subset (our fp32 always runs: the reference)
 
 1. Free-running greedy: 32 tokens from each mode (fp32, bf16, int8, and transformers in fp32 and
    bf16); reported as the number of leading tokens equal to our fp32 run's, and the total matches.
@@ -49,11 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--modes", nargs="+", default=None, metavar="SIDE:MODE", help="e.g. ours:bf16 hf:fp32 (default: all)")
     args = parser.parse_args(argv)
+    modes = list(MODES) if args.modes is None else [("ours", "fp32")] + [tuple(m.split(":", 1)) for m in args.modes if m != "ours:fp32"]
+    unknown = [f"{s}:{m}" for s, m in modes if (s, m) not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {' '.join(f'{s}:{m}' for s, m in MODES)}")
     checkpoint = args.checkpoint or build(args.preset, args.root)
     ids = prompt_ids(checkpoint)
     tokens = {}
-    for side, mode in MODES:
+    for side, mode in modes:
         result = run_worker(side, checkpoint, mode, 1, args.new_tokens, ids)
         if "error" in result:
             raise SystemExit(f"{side} {mode}: {result['error']}")
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         score = Path(tmp) / "tokens.json"
         score.write_text(json.dumps(ref))
         logits = {}
-        for side, mode in MODES:
+        for side, mode in modes:
             dump = Path(tmp) / f"{side}-{mode}.pt"
             result = run_worker(side, checkpoint, mode, 1, args.new_tokens, ids, extra=["--score", str(score), "--dump", str(dump)])
             if "error" in result:
