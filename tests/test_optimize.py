@@ -44,6 +44,25 @@ def test_bf16_weights_upcast(rows):
         assert torch.allclose(got.float(), exact, rtol=2**-8, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [1, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1, 40])
+def test_bf16_tied_head_upcast(rows):
+    torch.manual_seed(0)
+    weight = torch.randn(300, 32).bfloat16()
+    with torch.device("meta"):
+        head = CpuTiedEmbedding(300, 32, _weight=torch.empty(300, 32))
+    head.weight = nn.Parameter(weight, requires_grad=False)
+    head.compute_dtype = torch.float32
+    hidden = torch.randn(rows, 32).bfloat16()
+    with torch.inference_mode():
+        got = head.attend(hidden[None])[0]
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, 300)
+    if rows <= GEMV_MAX_ROWS:
+        assert torch.equal(got, F.linear(hidden, weight))
+    else:
+        exact = F.linear(hidden.float(), weight.float())
+        assert torch.allclose(got.float(), exact, rtol=2**-8, atol=1e-6)
+
+
 def test_cpu_linear_trains():
     for dtype in (torch.bfloat16, torch.float32):
         layer = nn.Linear(16, 8).to(dtype)
@@ -57,6 +76,7 @@ def test_cpu_linear_trains():
 @pytest.mark.parametrize("scratch_bytes", [1, 1000, 10**9])  # one row at a time, a few rows, all at once
 def test_converted_linear_in_slices(monkeypatch, scratch_bytes):
     monkeypatch.setattr("engine.optimize.SCRATCH_BYTES", scratch_bytes)
+    monkeypatch.setattr("engine.optimize.SMALL_SCRATCH_BYTES", scratch_bytes)
     torch.manual_seed(0)
     x = torch.randn(7, 24)
     w = torch.randn(50, 24).bfloat16()
@@ -121,6 +141,7 @@ def test_optimized_bf16_model(checkpoints, spec):
     assert bool(swapped) == (not cpu_has_fast_bf16())  # on AMX machines bf16 stays native
     upcast = [layer.self_attn for layer in fast.language_model.layers if isinstance(layer.self_attn, UpcastAttention)]
     assert len(upcast) == (0 if cpu_has_fast_bf16() else spec_layers(fast))
+    assert isinstance(fast.language_model.embed_tokens, CpuTiedEmbedding) == (not cpu_has_fast_bf16())
     g = torch.Generator().manual_seed(0)
     pixels = torch.rand(2, 3, spec.image_size, spec.image_size, generator=g) * 2 - 1
     ids = torch.randint(5, 1500, (2, 10), generator=g)
