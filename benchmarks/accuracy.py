@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--modes", nargs="+", default=None, metavar="SIDE:MODE", help="e.g. ours:bf16 hf:fp32 (default: all)")
     args = parser.parse_args(argv)
-    modes = list(MODES) if args.modes is None else [("ours", "fp32")] + [tuple(m.split(":", 1)) for m in args.modes if m != "ours:fp32"]
+    chosen = [tuple(m.split(":", 1)) for m in args.modes or [] if m != "ours:fp32"]
+    modes = list(MODES) if args.modes is None else [("ours", "fp32"), *chosen]
     unknown = [f"{s}:{m}" for s, m in modes if (s, m) not in MODES]
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {' '.join(f'{s}:{m}' for s, m in MODES)}")

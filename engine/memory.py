@@ -11,7 +11,8 @@ hub files run in fp32, fp32 files in bf16) needs memory of its own, and this mod
   depending on shape and run (``python -m benchmarks.floors``: 15.3 -> 17.1 GB/s on the MLP up
   projection, 15.0 -> 15.4 on the down projection; another run 14-18 -> 21-22); PaliGemma 3B in
   fp32 prefills ~10% and decodes ~5% faster end to end. Copying same-dtype weights too was
-  measured and rejected: +5 s of load (page faults at ~1 GB/s in a VM) for 2-3% faster bf16 decode. Elsewhere (macOS, Windows, THP off) plain ``torch.empty`` is used.
+  measured and rejected: +5 s of load (page faults at ~1 GB/s in a VM) for 2-3% faster bf16
+  decode. Elsewhere (macOS, Windows, THP off) plain ``torch.empty`` is used.
 * **Bounded reads.** :class:`TensorReader` copies a tensor's bytes through one small reused buffer,
   casting on the way: a load never holds a second copy of a shard (not even as mapped file pages,
   which count in RSS until unmapped) and never faults in fresh memory for the source (a fp32 load
@@ -29,10 +30,11 @@ import json
 import mmap
 import struct
 import sys
-import threading
 from pathlib import Path
 
 import torch
+
+from .optimize import scratch
 
 HUGE_PAGE = 2 * 1024**2
 READ_CHUNK_BYTES = 16 * 1024**2  # source bytes read per step: the only extra memory a load uses
@@ -57,7 +59,7 @@ def huge_pages_available() -> bool:
 
 def empty_weight(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised CPU tensor, on huge pages when it is large enough to use them."""
-    nbytes = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
+    nbytes = torch.Size(shape).numel() * dtype.itemsize
     if nbytes < HUGE_PAGE or not huge_pages_available():
         return torch.empty(shape, dtype=dtype)
     # One spare huge page so the tensor can start on a 2 MiB boundary (untouched pages cost nothing).
@@ -110,11 +112,11 @@ class TensorReader:
             raise ValueError(f"{self.path}: {name} has dtype {info['dtype']}, which pali does not read")
         begin, end = info["data_offsets"]
         flat = out.view(-1)
-        size = torch.empty(0, dtype=src).element_size()
+        size = src.itemsize
         if (end - begin) != flat.numel() * size:
             raise ValueError(f"{self.path}: {name} holds {end - begin} bytes, expected {flat.numel() * size}")
         step = max(1, READ_CHUNK_BYTES // size)
-        buf = _read_buffer(step * size)
+        buf = scratch((step * size,), torch.uint8, torch.device("cpu"))  # reused: no fresh page faults
         self._file.seek(self._data_start + begin)
         for start in range(0, flat.numel(), step):
             n = min(step, flat.numel() - start)
@@ -129,13 +131,3 @@ class TensorReader:
             flat[start : start + n].copy_(chunk.view(src))
         return out
 
-
-_local = threading.local()  # one read buffer per thread: concurrent loads never share one
-
-
-def _read_buffer(nbytes: int) -> torch.Tensor:
-    """A reused uint8 buffer (a fresh one would be page-faulted in on every read)."""
-    buf = getattr(_local, "buffer", None)
-    if buf is None or buf.numel() < nbytes:
-        buf = _local.buffer = torch.empty(nbytes, dtype=torch.uint8)
-    return buf

@@ -206,15 +206,21 @@ def swap_linears(module: nn.Module, make) -> int:
     return count
 
 
+def _cpu_compute_dtype(weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype a CPU kernel swap should compute ``weight``'s matmuls in, or None to keep torch's
+    own: fp32 weights (oneDNN) and low-precision weights on CPUs that emulate them."""
+    compute = matmul_dtype(weight.device, weight.dtype)
+    if weight.device.type == "cpu" and (compute == torch.float32 or compute != weight.dtype):
+        return compute
+    return None
+
+
 def optimize(backbone: nn.Module) -> nn.Module:
     """Apply the optimisations that pay off for this model's dtype and device (in place)."""
 
     def swap(layer: nn.Linear) -> nn.Module | None:
-        w = layer.weight
-        compute = matmul_dtype(w.device, w.dtype)
-        if w.device.type == "cpu" and (compute == torch.float32 or compute != w.dtype):
-            return CpuLinear(layer, compute)
-        return None
+        compute = _cpu_compute_dtype(layer.weight)
+        return None if compute is None else CpuLinear(layer, compute)
 
     swap_linears(backbone, swap)
     lm = backbone.language_model
@@ -223,13 +229,12 @@ def optimize(backbone: nn.Module) -> nn.Module:
         if type(attn) is Attention and matmul_dtype(attn.o_proj.weight.device, lm.dtype) != lm.dtype:
             layer.self_attn = UpcastAttention.wrap(attn)
     embed = lm.embed_tokens
-    w = embed.weight
-    compute = matmul_dtype(w.device, w.dtype)
-    if type(embed) is TiedEmbedding and w.device.type == "cpu" and (compute == torch.float32 or compute != w.dtype):
+    compute = _cpu_compute_dtype(embed.weight) if type(embed) is TiedEmbedding else None
+    if compute is not None:
         n, d = embed.num_embeddings, embed.embedding_dim
         with torch.device("meta"):  # a placeholder weight: no N(0, 1) init (seconds of one-off imports)
             fast = CpuTiedEmbedding(n, d, _weight=torch.empty(n, d))
-        fast.weight = w  # the same parameter: nothing is copied
+        fast.weight = embed.weight  # the same parameter: nothing is copied
         fast.compute_dtype = compute
         lm.embed_tokens = fast
     return backbone

@@ -115,7 +115,9 @@ def weight_files(checkpoint_dir: Path) -> list[Path]:
     raise CheckpointError(f"{checkpoint_dir}: no model.safetensors or model.safetensors.index.json found")
 
 
-def _read(reader: TensorReader, f, ckpt_name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _read(
+    reader: TensorReader, f, ckpt_name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     """One checkpoint tensor in ``dtype`` on ``device``. Stored in that dtype on CPU: a view of the
     memory-mapped file (zero-copy). To be cast on CPU: read into memory of its own (huge pages
     where large, engine.memory). Other devices: moved over from the mapping."""
