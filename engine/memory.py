@@ -16,7 +16,7 @@ hub files run in fp32, fp32 files in bf16) needs memory of its own, and this mod
 * **Bounded reads.** :class:`TensorReader` copies a tensor's bytes through one small reused buffer,
   casting on the way: a load never holds a second copy of a shard (not even as mapped file pages,
   which count in RSS until unmapped) and never faults in fresh memory for the source (a fp32 load
-  of a bf16 3B checkpoint: 8-14 s, against 13-18 s through safetensors' sliced reads; page faults
+  of a bf16 3B checkpoint: 8-17 s, against 13-18 s through safetensors' sliced reads; page faults
   in a VM vary from run to run).
 
 Each large weight has its own mapping, so a tensor that is dropped later (quantization replaces
