@@ -19,8 +19,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from .checkpoints import build
-from .run import prompt_ids, run_worker
+from benchmarks.checkpoints import build
+from benchmarks.run import prompt_ids, run_worker
 
 MODES = (("ours", "fp32"), ("ours", "bf16"), ("ours", "int8"), ("hf", "fp32"), ("hf", "bf16"))
 

@@ -4,7 +4,7 @@
     python -m benchmarks.checkpoints --fp32 pali_gemma_3b_224   # also an fp32 copy (as PG1's hub main branch)
 
 Tensor names and shapes come from transformers itself (the reference model built on the meta device
-from ``engine.presets.hf_config_for``), renamed to the released hub naming and sharded with an index,
+from ``engine.checkpoints.presets.hf_config_for``), renamed to the released hub naming and sharded with an index,
 as the hub files are. Values are drawn by us, seeded per tensor: transformers' own init (std 0.02)
 leaves the residual stream all embedding, so a greedy run just echoes the prompt and top-1 parity
 would prove nothing. Here every matrix has std fan_in**-0.5 and every norm a random scale, so each
@@ -113,9 +113,9 @@ def _write(directory: Path, shapes: dict, dtype: torch.dtype, tensor_for) -> Non
 
 def build(preset: str, root: Path | None = None, seed: int = 0) -> Path:
     """Build (once) the bf16 checkpoint of ``preset``; returns its directory."""
-    from engine.presets import hf_config_for
+    from engine.checkpoints.presets import hf_config_for
 
-    from .tokenizer import build_full_layout_tokenizer
+    from benchmarks.tokenizer import build_full_layout_tokenizer
 
     directory = checkpoint_dir(preset, root)
     if (directory / "config.json").exists():

@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine.memory import empty_weight
+from engine.runtime.memory import empty_weight
 
 SHAPES = {"up 2048->16384": (16384, 2048), "down 16384->2048": (2048, 16384)}
 ROWS = (1, 2, 4, 8, 16, 32, 64, 266)

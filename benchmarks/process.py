@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoints import build, default_root
+from benchmarks.checkpoints import build, default_root
 
 REPO = Path(__file__).resolve().parent.parent
 

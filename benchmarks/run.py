@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoints import DEFAULT_PRESETS, build, default_root
+from benchmarks.checkpoints import DEFAULT_PRESETS, build, default_root
 
 PROMPT = "caption en"
 OURS_MODES = {"bf16": ("bfloat16", None), "fp32": ("float32", None), "int8": ("auto", "int8")}
@@ -34,7 +34,7 @@ METRICS = ("ttft_s", "decode_ms_per_token", "images_per_s", "load_s", "import_s"
 
 
 def prompt_ids(checkpoint: Path) -> list[int]:
-    from engine.tokenizer import PaliGemmaTokenizer
+    from engine.processing.tokenizer import PaliGemmaTokenizer
 
     tok = PaliGemmaTokenizer.from_preset(checkpoint)
     return [tok.start_token_id, *tok.tokenize(PROMPT), tok.newline_token_id]

@@ -1,29 +1,30 @@
 """pali's engine: PaliGemma and PaliGemma 2 in plain PyTorch (no transformers at run time).
 
 The public API mirrors keras-hub's PaliGemma classes; see causal_lm.py. Names are imported lazily
-(PEP 562) so that torch-free modules -- engine.presets, engine.hub, engine.image, engine.tasks --
-can be imported by the CLI without paying for torch.
+(PEP 562) so that torch-free modules (engine.checkpoints.presets, engine.checkpoints.hub,
+engine.processing.image, engine.processing.tasks) can be imported by the CLI without paying for
+torch. The layers are described in ARCHITECTURE.md.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
-    "PaliGemmaBackbone": "backbone",
+    "PaliGemmaBackbone": "model.backbone",
     "PaliGemmaCausalLM": "causal_lm",
     "Completion": "causal_lm",
-    "PaliGemmaConfig": "config",
-    "TextConfig": "config",
-    "VisionConfig": "config",
-    "from_hf_config": "config",
-    "load_config": "config",
-    "PaliGemmaCausalLMPreprocessor": "preprocessor",
-    "set_num_threads": "runtime",
+    "PaliGemmaConfig": "model.config",
+    "TextConfig": "model.config",
+    "VisionConfig": "model.config",
+    "from_hf_config": "model.config",
+    "load_config": "model.config",
+    "PaliGemmaCausalLMPreprocessor": "processing.preprocessor",
+    "set_num_threads": "runtime.devices",
     "GreedySampler": "samplers",
     "RandomSampler": "samplers",
     "TopKSampler": "samplers",
     "TopPSampler": "samplers",
-    "PaliGemmaTokenizer": "tokenizer",
-    "CheckpointError": "weights",
+    "PaliGemmaTokenizer": "processing.tokenizer",
+    "CheckpointError": "checkpoints.weights",
 }
 
 __all__ = sorted(_EXPORTS)

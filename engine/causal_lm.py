@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbone import PaliGemmaBackbone
-from .config import WindowPolicy, load_config
-from .generate import generate_tokens
-from .optimize import optimize
-from .preprocessor import PaliGemmaCausalLMPreprocessor
-from .runtime import resolve_device, resolve_dtype
-from .samplers import GreedySampler, get_sampler, make_generator
-from .tokenizer import PaliGemmaTokenizer
-from .weights import load_backbone
+from engine.model.backbone import PaliGemmaBackbone
+from engine.model.config import WindowPolicy, load_config
+from engine.generate import generate_tokens
+from engine.runtime.optimize import optimize
+from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
+from engine.runtime.devices import resolve_device, resolve_dtype
+from engine.samplers import GreedySampler, get_sampler, make_generator
+from engine.processing.tokenizer import PaliGemmaTokenizer
+from engine.checkpoints.weights import load_backbone
 
 DEFAULT_SEQUENCE_LENGTH = 1024  # keras-hub's preprocessor default
 
@@ -40,12 +40,12 @@ class Completion:
 
 
 def resolve_checkpoint(preset: str | Path, cache_dir=None, allow_download: bool = True):
-    """A local HF-layout directory, or a preset name / hf:// spec resolved (and downloaded) by engine.hub.
+    """A local HF-layout directory, or a preset name / hf:// spec resolved (and downloaded) by engine.checkpoints.hub.
     Returns (directory, Preset or None)."""
     path = Path(preset).expanduser()
     if path.is_dir():
         return path, None
-    from . import hub, presets
+    from engine.checkpoints import hub, presets
 
     directory = hub.resolve(str(preset), cache_dir=cache_dir, allow_download=allow_download)
     try:
@@ -77,17 +77,17 @@ class PaliGemmaCausalLM:
         allow_download: bool = True,
         quantize: str | None = None,
     ) -> "PaliGemmaCausalLM":
-        """Load a preset name (see engine.presets), ``hf://owner/repo[@revision]`` or a local directory
+        """Load a preset name (see engine.checkpoints.presets), ``hf://owner/repo[@revision]`` or a local directory
         in Hugging Face layout. ``preprocessor=None`` skips the tokenizer (token-id API only).
         ``sliding_window``: "none" (as the models were trained) or "transformers" (its Gemma 2 window).
-        ``quantize="int8"``: int8 weights (engine.quantize), cached under ``cache_dir`` after the first load."""
+        ``quantize="int8"``: int8 weights (engine.runtime.quantize), cached under ``cache_dir`` after the first load."""
         directory, info = resolve_checkpoint(preset, cache_dir, allow_download)
         config = load_config(directory, window_policy=sliding_window)
         torch_device = resolve_device(device)
         torch_dtype, reason = resolve_dtype(dtype, torch_device)
         if quantize:
-            from .hub import default_cache_dir
-            from .quantize import load_quantized_backbone
+            from engine.checkpoints.hub import default_cache_dir
+            from engine.runtime.quantize import load_quantized_backbone
 
             cache_root = default_cache_dir(cache_dir)
             backbone = load_quantized_backbone(directory, config, quantize, torch_dtype, torch_device, cache_root)
@@ -153,7 +153,7 @@ class PaliGemmaCausalLM:
             return torch.as_tensor(images, dtype=torch.float32)
         if self.preprocessor is not None:
             return self.preprocessor.preprocess_images(images)
-        from .image import preprocess_images
+        from engine.processing.image import preprocess_images
 
         return preprocess_images(images, size)
 
@@ -259,6 +259,6 @@ class PaliGemmaCausalLM:
         """Train on ``{"images", "prefixes", "suffixes"}`` data, keras-hub style:
         ``lm.fit(data, epochs=2, batch_size=8, learning_rate=1e-4)``. Options and dataset forms are
         documented in engine.train; returns its TrainHistory."""
-        from .train import fit
+        from engine.train import fit
 
         return fit(self, dataset, **options)

@@ -11,9 +11,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .backbone import PaliGemmaBackbone
-from .kv_cache import KVCache
-from .text import Masks
+from engine.model.backbone import PaliGemmaBackbone
+from engine.model.kv_cache import KVCache
+from engine.model.text import Masks
 
 
 def _right_align(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

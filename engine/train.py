@@ -22,7 +22,7 @@ Datasets, as ``fit(dataset, ...)`` takes them:
 * an iterable of single examples ``{"images": image, "prefixes": str, "suffixes": str}``, grouped
   into ``batch_size`` batches.
 
-Images are anything ``engine.image`` loads (paths, PIL images, uint8 arrays, a uint8 batch
+Images are anything ``engine.processing.image`` loads (paths, PIL images, uint8 arrays, a uint8 batch
 ``[B, H, W, 3]``) or an already preprocessed ``float[B, 3, R, R]`` tensor in [-1, 1]. Prefixes are
 prompts as in generation (``"caption en"``; a trailing ``"\\n"`` is optional).
 """
@@ -43,12 +43,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
-from .backbone import PaliGemmaBackbone
-from .preprocessor import PaliGemmaCausalLMPreprocessor
-from .weights import save_backbone
+from engine.model.backbone import PaliGemmaBackbone
+from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
+from engine.checkpoints.weights import save_backbone
 
 if TYPE_CHECKING:
-    from .causal_lm import PaliGemmaCausalLM
+    from engine.causal_lm import PaliGemmaCausalLM
 
 KEYS = ("images", "prefixes", "suffixes")
 DEFAULT_BATCH_SIZE = 8

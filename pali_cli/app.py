@@ -15,9 +15,9 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .errors import ExitCode, Interrupted, PaliError, UsageProblem
-from .options import Images, Lang, RunOptions, run_options
-from .presets_cmd import download_command, presets_app
+from pali_cli.errors import ExitCode, Interrupted, PaliError, UsageProblem
+from pali_cli.options import Images, Lang, RunOptions, run_options
+from pali_cli.presets_cmd import download_command, presets_app
 
 EXIT_CODES = (
     "[bold]Exit codes:[/bold] 0 ok, 1 runtime failure, 2 usage error, 3 some images failed (see their "
@@ -63,7 +63,7 @@ class PaliGroup(TyperGroup):
 
 
 def _report(error: PaliError) -> None:
-    from .console import Reporter
+    from pali_cli.console import Reporter
 
     reporter = Reporter()
     if isinstance(error, Interrupted):
@@ -76,7 +76,7 @@ def _report(error: PaliError) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from pali_cli import __version__
 
         typer.echo(f"pali {__version__}")
         raise typer.Exit()
@@ -115,7 +115,7 @@ def _run(job_factory: Any, images: list[str] | None, opts: RunOptions, usage: st
         # With one word only, click gives it to the trailing argument (QUESTION, OBJECTS...).
         raise UsageProblem(f"no images given; usage: {usage}")
     # Imported here: the runner pulls in rich's progress machinery and, later, the engine.
-    from .runner import run_command
+    from pali_cli.runner import run_command
 
     _finish(run_command(job_factory(), images, opts))
 
@@ -124,7 +124,7 @@ def _run(job_factory: Any, images: list[str] | None, opts: RunOptions, usage: st
 @run_options
 def caption(images: Images = None, lang: Lang = "en", *, opts: RunOptions) -> None:
     """Caption images ("caption en")."""
-    from .jobs import caption_job
+    from pali_cli.jobs import caption_job
 
     _run(lambda: caption_job(lang), images, opts, "pali caption IMAGES...")
 
@@ -139,7 +139,7 @@ def ask(
     opts: RunOptions,
 ) -> None:
     """Answer a question about each image ("answer en QUESTION")."""
-    from .jobs import answer_job
+    from pali_cli.jobs import answer_job
 
     _run(lambda: answer_job(question, lang), images, opts, 'pali ask IMAGES... "QUESTION"')
 
@@ -153,7 +153,7 @@ def detect(
     opts: RunOptions,
 ) -> None:
     """Find objects; prints label and box (x_min y_min x_max y_max, in pixels) per line."""
-    from .jobs import detect_job
+    from pali_cli.jobs import detect_job
 
     _run(lambda: detect_job(objects), images, opts, 'pali detect IMAGES... "OBJECT ; OBJECT"')
 
@@ -162,7 +162,7 @@ def detect(
 @run_options
 def ocr(images: Images = None, *, opts: RunOptions) -> None:
     """Read the text in images ("ocr")."""
-    from .jobs import ocr_job
+    from pali_cli.jobs import ocr_job
 
     _run(ocr_job, images, opts, "pali ocr IMAGES...")
 
@@ -176,7 +176,7 @@ def prompt(
     opts: RunOptions,
 ) -> None:
     """Send a raw prompt (any task the model knows)."""
-    from .jobs import raw_job
+    from pali_cli.jobs import raw_job
 
     _run(lambda: raw_job(text), images, opts, 'pali prompt IMAGES... "PROMPT"')
 
@@ -189,7 +189,7 @@ def completion(
     shell: Annotated[str, typer.Argument(metavar="SHELL", help="bash, zsh or fish.")],
 ) -> None:
     """Print the shell completion script (see the README to install it)."""
-    from .completions import SHELLS, render
+    from pali_cli.completions import SHELLS, render
 
     if shell not in SHELLS:
         raise UsageProblem(f"no completion script for {shell!r}; choose one of {', '.join(SHELLS)}")

@@ -22,9 +22,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import PaliError
-from .jobs import Job
-from .records import Record
+from pali_cli.errors import PaliError
+from pali_cli.jobs import Job
+from pali_cli.records import Record
 
 MAX_FAILED_CALLS_BEFORE_FIRST_SUCCESS = 3
 
@@ -32,7 +32,7 @@ Loaded = Any  # a PIL image, or the exception that loading it raised
 
 
 def _load(path: Path) -> Loaded:
-    from engine.image import ImageLoadError, load_image
+    from engine.processing.image import ImageLoadError, load_image
 
     try:
         return load_image(path)

@@ -104,13 +104,13 @@ def _read(command: Any, name: str, path: tuple[str, ...]) -> Cmd:
 def app_tree() -> Cmd:
     import typer.main
 
-    from .app import app
+    from pali_cli.app import app
 
     return _read(typer.main.get_command(app), "pali", ())
 
 
 def preset_names() -> list[str]:
-    from engine.presets import list_presets
+    from engine.checkpoints.presets import list_presets
 
     return [p.name for p in list_presets()]
 

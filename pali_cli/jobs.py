@@ -1,6 +1,6 @@
 """What each generation command asks the model, and how its answer is shown.
 
-A ``Job`` is the command-specific part of a run: the prompt (built by ``engine.tasks``), the
+A ``Job`` is the command-specific part of a run: the prompt (built by ``engine.processing.tasks``), the
 default token budget, extra record fields parsed from the output, and the plain-text rendering
 used when one image is printed to a terminal.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import UsageProblem
-from .records import Record
+from pali_cli.errors import UsageProblem
+from pali_cli.records import Record
 
 Extras = Callable[[str, tuple[int, int]], dict[str, Any]]
 
@@ -46,19 +46,19 @@ def _build(builder: Callable[..., str], *args: Any) -> str:
 
 
 def caption_job(lang: str) -> Job:
-    from engine.tasks import caption_prompt
+    from engine.processing.tasks import caption_prompt
 
     return Job("caption", _build(caption_prompt, lang))
 
 
 def answer_job(question: str, lang: str) -> Job:
-    from engine.tasks import answer_prompt
+    from engine.processing.tasks import answer_prompt
 
     return Job("answer", _build(answer_prompt, question, lang), max_tokens=128)
 
 
 def ocr_job() -> Job:
-    from engine.tasks import ocr_prompt
+    from engine.processing.tasks import ocr_prompt
 
     return Job("ocr", ocr_prompt(), max_tokens=256)
 
@@ -77,7 +77,7 @@ def raw_job(prompt: str) -> Job:
 
 
 def _detection_extras(text: str, size: tuple[int, int]) -> dict[str, Any]:
-    from engine.tasks import parse_detections
+    from engine.processing.tasks import parse_detections
 
     found = parse_detections(text, *size)
     return {"detections": [{"label": d.label, "box": [round(v, 1) for v in d.box]} for d in found]}
@@ -92,7 +92,7 @@ def _render_detections(record: Record) -> str | None:
 
 
 def detect_job(objects: str) -> Job:
-    from engine.tasks import detect_prompt
+    from engine.processing.tasks import detect_prompt
 
     return Job(
         "detect",

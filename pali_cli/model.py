@@ -6,17 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .console import Reporter, Stopwatch, format_duration
-from .errors import ModelUnavailable, PaliError, UsageProblem
-from .options import RunOptions, Sampler, SamplerChoice
+from pali_cli.console import Reporter, Stopwatch, format_duration
+from pali_cli.errors import ModelUnavailable, PaliError, UsageProblem
+from pali_cli.options import RunOptions, Sampler, SamplerChoice
 
 
 def canonical_preset(spec: str | None) -> str:
     """The model as recorded and keyed: a preset name or alias becomes the canonical name, a
     checkpoint directory its absolute path, ``hf://owner/repo[@rev]`` stays as written. An unknown
     name is a usage error, found before any model is loaded."""
-    from engine.hub import HubSource, ModelUnavailableError, parse_spec
-    from engine.presets import DEFAULT_PRESET, UnknownPresetError, get_preset
+    from engine.checkpoints.hub import HubSource, ModelUnavailableError, parse_spec
+    from engine.checkpoints.presets import DEFAULT_PRESET, UnknownPresetError, get_preset
 
     text = (spec or "").strip() or DEFAULT_PRESET
     path = Path(text).expanduser()
@@ -50,8 +50,8 @@ def make_sampler(choice: SamplerChoice) -> Any:
 def load_model(preset: str, opts: RunOptions, reporter: Reporter) -> Any:
     """Loads and compiles the model; engine and hub errors become CLI errors with exit codes."""
     import engine
-    from engine.hub import ModelUnavailableError
-    from engine.presets import UnknownPresetError
+    from engine.checkpoints.hub import ModelUnavailableError
+    from engine.checkpoints.presets import UnknownPresetError
 
     if opts.threads:
         engine.set_num_threads(opts.threads)

@@ -18,8 +18,8 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from .errors import UsageProblem
-from .sidecar import OnExisting
+from pali_cli.errors import UsageProblem
+from pali_cli.sidecar import OnExisting
 
 INPUT, OUTPUT, SIDECAR, MODEL, GENERATION = "Input", "Output", "Sidecar files", "Model", "Generation"
 

@@ -1,6 +1,6 @@
 """``pali presets``: list, download, remove and locate model checkpoints.
 
-Thin over ``engine.presets`` (the catalogue) and ``engine.hub`` (caches and downloads), neither of
+Thin over ``engine.checkpoints.presets`` (the catalogue) and ``engine.checkpoints.hub`` (caches and downloads), neither of
 which imports torch, so these commands answer instantly.
 """
 
@@ -13,8 +13,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .errors import ModelUnavailable, UsageProblem
-from .options import CacheDir, Quiet
+from pali_cli.errors import ModelUnavailable, UsageProblem
+from pali_cli.options import CacheDir, Quiet
 
 presets_app = typer.Typer(
     name="presets",
@@ -36,15 +36,15 @@ RequiredName = Annotated[str, typer.Argument(metavar="NAME", help="Preset name o
 
 
 def _spec(name: str | None) -> str:
-    from engine.presets import DEFAULT_PRESET
+    from engine.checkpoints.presets import DEFAULT_PRESET
 
     return (name or "").strip() or DEFAULT_PRESET
 
 
 def _hub_call(func: Any, *args: Any, **kwargs: Any) -> Any:
-    """Runs an engine.hub function, mapping its errors to exit codes."""
-    from engine.hub import ModelUnavailableError
-    from engine.presets import UnknownPresetError
+    """Runs an engine.checkpoints.hub function, mapping its errors to exit codes."""
+    from engine.checkpoints.hub import ModelUnavailableError
+    from engine.checkpoints.presets import UnknownPresetError
 
     try:
         return func(*args, **kwargs)
@@ -65,8 +65,8 @@ def format_bytes(n: int) -> str:
 
 
 def preset_rows(cache_dir: Path | None) -> list[dict[str, Any]]:
-    from engine import hub
-    from engine.presets import DEFAULT_PRESET, list_presets
+    from engine.checkpoints import hub
+    from engine.checkpoints.presets import DEFAULT_PRESET, list_presets
 
     rows = []
     for p in list_presets():
@@ -132,9 +132,9 @@ def list_command(
 @presets_app.command("download")
 def download_command(name: Name = None, cache_dir: CacheDir = None, quiet: Quiet = False) -> None:
     """Download a preset (the default one without NAME) and print its directory."""
-    from engine import hub
+    from engine.checkpoints import hub
 
-    from .console import Reporter
+    from pali_cli.console import Reporter
 
     reporter = Reporter(quiet)
     spec = _spec(name)
@@ -147,9 +147,9 @@ def download_command(name: Name = None, cache_dir: CacheDir = None, quiet: Quiet
 @presets_app.command("rm")
 def rm_command(name: RequiredName, cache_dir: CacheDir = None, quiet: Quiet = False) -> None:
     """Delete a downloaded preset from pali's cache (the shared Hugging Face cache is left alone)."""
-    from engine import hub
+    from engine.checkpoints import hub
 
-    from .console import Reporter
+    from pali_cli.console import Reporter
 
     reporter = Reporter(quiet)
     freed = _hub_call(hub.remove, name, cache_dir)
@@ -167,7 +167,7 @@ def path_command(
     cache_dir: CacheDir = None,
 ) -> None:
     """Print the cache directory, or the directory of a downloaded preset."""
-    from engine import hub
+    from engine.checkpoints import hub
 
     if name is None:
         sys.stdout.write(f"{hub.default_cache_dir(cache_dir)}\n")

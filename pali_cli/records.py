@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from .errors import PaliError
+from pali_cli.errors import PaliError
 
 RecordKey = tuple[str, str, str, str]
 

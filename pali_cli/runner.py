@@ -12,15 +12,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .batches import BatchContext, GracefulStop, ModelCalls, Prefetcher, process_batch
-from .console import Reporter, Stopwatch, format_duration, plural
-from .errors import ExitCode, Interrupted, NoInput, UsageProblem
-from .inputs import Expansion, expand_inputs, expand_listed, image_extensions, is_pattern, merge, read_list_file
-from .jobs import Job
-from .model import canonical_preset, load_model
-from .options import RunOptions
-from .records import JsonlStream, NullSink, Record, ResultsFile, Sink, TextStream, make_key
-from .sidecar import OnExisting, SidecarSpec, check_collisions
+from pali_cli.batches import BatchContext, GracefulStop, ModelCalls, Prefetcher, process_batch
+from pali_cli.console import Reporter, Stopwatch, format_duration, plural
+from pali_cli.errors import ExitCode, Interrupted, NoInput, UsageProblem
+from pali_cli.inputs import Expansion, expand_inputs, expand_listed, image_extensions, is_pattern, merge, read_list_file
+from pali_cli.jobs import Job
+from pali_cli.model import canonical_preset, load_model
+from pali_cli.options import RunOptions
+from pali_cli.records import JsonlStream, NullSink, Record, ResultsFile, Sink, TextStream, make_key
+from pali_cli.sidecar import OnExisting, SidecarSpec, check_collisions
 
 
 @dataclass

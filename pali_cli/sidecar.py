@@ -17,8 +17,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterable
 
-from .errors import UsageProblem
-from .inputs import image_extensions
+from pali_cli.errors import UsageProblem
+from pali_cli.inputs import image_extensions
 
 
 class OnExisting(str, Enum):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import PaliGemmaBackbone, PaliGemmaCausalLM, PaliGemmaCausalLMPreprocessor, PaliGemmaTokenizer
-from engine.config import PaliGemmaConfig, TextConfig, VisionConfig
+from engine.model.config import PaliGemmaConfig, TextConfig, VisionConfig
 from engine.train import compute_loss, next_token_targets, prepare_batch, suffix_loss
 from engine.train import _lr_factor
 from tests.helpers.checkpoints import MODEL_VOCAB

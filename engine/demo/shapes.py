@@ -6,7 +6,7 @@ integer grid whose unit is 8 detection bins (1024 / 128), so every box edge is a
 ``<locNNNN>`` token; images are rendered from the geometry at any size (supersampled, so edges are
 antialiased and a 224 px sample looks like a 112 px training image, only sharper).
 
-Three kinds of examples, all with the prompts engine.tasks builds (so they match the CLI's):
+Three kinds of examples, all with the prompts engine.processing.tasks builds (so they match the CLI's):
 
     caption en                           -> a red circle, a blue square and a green triangle
     answer en what color is the circle?  -> red
@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..tasks import answer_prompt, caption_prompt, detect_prompt
+from engine.processing.tasks import answer_prompt, caption_prompt, detect_prompt
 
 GRID = 128  # geometry units per image side; one unit = 1024 / GRID = 8 detection bins
 BINS_PER_UNIT = 1024 // GRID

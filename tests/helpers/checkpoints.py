@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .tiny_tokenizer import train_tiny_tokenizer
+from tests.helpers.tiny_tokenizer import train_tiny_tokenizer
 
 TOKENIZER_VOCAB = 1600  # pieces in the tiny tokenizer; <image> is the next id
 IMAGE_TOKEN_ID = TOKENIZER_VOCAB

@@ -23,7 +23,7 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_tokenizer_dir: Path):
-    from engine.tokenizer import PaliGemmaTokenizer
+    from engine.processing.tokenizer import PaliGemmaTokenizer
 
     return PaliGemmaTokenizer.from_preset(tiny_tokenizer_dir)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from engine.demo.tokenizer import train_paligemma_style
+from recipes.demo_shapes.tokenizer import train_paligemma_style
 
 WORDS = (
     "a an the of on in at is are with and to what where who how many color colour red green blue "

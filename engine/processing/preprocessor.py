@@ -1,0 +1,194 @@
+"""PaliGemma's prompt format: the one module that knows how text and images become model inputs.
+
+Text layout (big_vision, spec §8.2), image tokens excluded (the model prepends them):
+
+    prompt:   [BOS] + tok(prefix) + [NL]                  <- the "prefix", attended bidirectionally
+    training: [BOS] + tok(prefix) + [NL] + tok(suffix) + [EOS]
+                                         `--- response_mask True ---'
+
+``NL`` is the id of ``"\\n"``, tokenized on its own as big_vision does. Users coming from KerasHub
+end prompts with ``"\\n"``; users coming from transformers do not (its processor appends one). Both
+are accepted: one trailing ``"\\n"`` is removed before the separator is added, so the result has
+exactly one BOS and one separator either way (adding a second one, ``"\\n\\n"``, degrades output:
+spec §13 item 7).
+
+Batches are right-padded with the pad id 0 (KerasHub's convention); ``padding_mask`` marks real
+tokens. Whether the model then left-aligns prompts is the generation loop's business.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from engine.processing.image import ImageSource, RESAMPLE_FILTERS, preprocess_images
+from engine.processing.tokenizer import PaliGemmaTokenizer
+
+# Markers of a transformers-formatted prompt. SentencePiece would encode them as plain characters,
+# so such a prompt would silently carry garbage in front of the task; refuse it instead.
+_FOREIGN_MARKERS = ("<image>", "<bos>")
+
+
+class PaliGemmaCausalLMPreprocessor:
+    """Turns prompts (and training targets) into token ids and images into pixel tensors.
+
+    Args:
+        tokenizer: the checkpoint's tokenizer.
+        image_size: the model's square input resolution R (224, 448 or 896 for released models).
+        sequence_length: the most text tokens (image tokens not counted) a row may have.
+        resample: ``"bilinear"`` (close to big_vision training) or ``"bicubic"`` (matches
+            transformers' SiglipImageProcessor); see ``engine.processing.image``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PaliGemmaTokenizer,
+        image_size: int,
+        sequence_length: int = 1024,
+        resample: str = "bilinear",
+    ) -> None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length <= 0:
+            raise ValueError(f"sequence_length must be a positive int, got {sequence_length!r}")
+        if resample not in RESAMPLE_FILTERS:
+            raise ValueError(f"unknown resample filter {resample!r}; choose one of {sorted(RESAMPLE_FILTERS)}")
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.sequence_length = sequence_length
+        self.resample = resample
+
+    @classmethod
+    def from_preset(
+        cls,
+        directory: str | Path,
+        image_size: int,
+        sequence_length: int = 1024,
+        resample: str = "bilinear",
+    ) -> "PaliGemmaCausalLMPreprocessor":
+        """Builds the preprocessor from a checkpoint directory holding ``tokenizer.model``."""
+        return cls(PaliGemmaTokenizer.from_preset(directory), image_size, sequence_length, resample)
+
+    # ----------------------------------------------------------------------------- text
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """``[BOS] + tok(prompt) + [NL]``, accepting the prompt with or without its final ``"\\n"``."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        for marker in _FOREIGN_MARKERS:
+            if marker in prompt:
+                raise ValueError(
+                    f"prompt {prompt!r} contains {marker!r}: image tokens and <bos> are added "
+                    "automatically; write only the task, e.g. 'caption en'"
+                )
+        if prompt.endswith("\n"):
+            prompt = prompt[:-1]
+        tok = self.tokenizer
+        return [tok.start_token_id, *tok.tokenize(prompt), tok.newline_token_id]
+
+    def encode_example(self, prefix: str, suffix: str) -> tuple[list[int], list[bool]]:
+        """Training row: prompt ids + ``tok(suffix) + [EOS]``, and the response mask (True on the
+        suffix tokens and the EOS, i.e. the positions whose prediction is trained)."""
+        if not isinstance(suffix, str):
+            raise TypeError(f"suffix must be a str, got {type(suffix).__name__}")
+        prompt_ids = self.encode_prompt(prefix)
+        response_ids = [*self.tokenizer.tokenize(suffix), self.tokenizer.end_token_id]
+        mask = [False] * len(prompt_ids) + [True] * len(response_ids)
+        return prompt_ids + response_ids, mask
+
+    def pack(
+        self,
+        rows: Sequence[Sequence[int]],
+        sequence_length: int | None = None,
+        response_masks: Sequence[Sequence[bool]] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Right-pads rows with the pad id into ``token_ids`` int64[B, T], ``padding_mask`` bool[B, T]
+        (True on real tokens) and ``response_mask`` bool[B, T] (all False without response masks).
+
+        T is ``sequence_length`` if given, else the longest row. A row longer than
+        ``sequence_length`` (or, when it is None, than the preprocessor's limit) is an error: silent
+        truncation would cut the separator or the answer.
+        """
+        rows = [list(r) for r in rows]
+        if not rows:
+            raise ValueError("pack() needs at least one row")
+        limit = self.sequence_length if sequence_length is None else sequence_length
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise ValueError(f"sequence_length must be a positive int, got {sequence_length!r}")
+        for i, row in enumerate(rows):
+            if len(row) > limit:
+                raise ValueError(
+                    f"row {i} has {len(row)} tokens, more than the sequence length {limit}; "
+                    "shorten the text or raise sequence_length"
+                )
+        if response_masks is not None:
+            response_masks = [list(m) for m in response_masks]
+            if len(response_masks) != len(rows) or any(len(m) != len(r) for m, r in zip(response_masks, rows)):
+                raise ValueError("response_masks must have one mask per row, each as long as its row")
+        width = sequence_length if sequence_length is not None else max(len(r) for r in rows)
+
+        token_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.int64)
+        padding_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            n = len(row)
+            if n == 0:
+                continue
+            token_ids[i, :n] = torch.tensor(row, dtype=torch.int64)
+            padding_mask[i, :n] = True
+            if response_masks is not None:
+                response_mask[i, :n] = torch.tensor(response_masks[i], dtype=torch.bool)
+        return {"token_ids": token_ids, "padding_mask": padding_mask, "response_mask": response_mask}
+
+    # ----------------------------------------------------------------------------- images
+
+    def preprocess_images(self, images: ImageSource | Sequence[ImageSource]) -> torch.Tensor:
+        """``float32[B, 3, R, R]`` in [-1, 1]; see ``engine.processing.image.preprocess_images``."""
+        return preprocess_images(images, self.image_size, self.resample)
+
+    # ----------------------------------------------------------------------------- generation
+
+    def generate_preprocess(self, x: dict[str, Any], sequence_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for generation from ``{"images": ..., "text" | "prompts": ...}``.
+
+        One image per prompt. A single image with a list of prompts (or one prompt with a list of
+        images) is broadcast over the batch. Unbatched input gives a batch of one. Returns
+        ``pixel_values`` float32[B, 3, R, R], ``token_ids`` int64[B, T] and ``padding_mask`` bool[B, T]
+        (right-padded; T as in ``pack``).
+        """
+        if not isinstance(x, dict) or "images" not in x:
+            raise ValueError('generate_preprocess() takes a dict with "images" and "text" (or "prompts")')
+        if "text" in x and "prompts" in x:
+            raise ValueError('pass the prompt under "text" or "prompts", not both')
+        prompts = x.get("text", x.get("prompts"))
+        if prompts is None:
+            raise ValueError('generate_preprocess() needs the prompt under "text" (or "prompts")')
+
+        prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+        images = x["images"]
+        # A list/tuple, or a 4-D numpy array, is a batch; anything else is one image.
+        is_batch = isinstance(images, (list, tuple)) or getattr(images, "ndim", 0) == 4
+        image_list = list(images) if is_batch else [images]
+        if not prompt_list or not image_list:
+            raise ValueError("generate_preprocess() needs at least one image and one prompt")
+        batch = max(len(prompt_list), len(image_list))
+        if len(prompt_list) not in (1, batch) or len(image_list) not in (1, batch):
+            raise ValueError(
+                f"got {len(image_list)} images for {len(prompt_list)} prompts; "
+                "give one image per prompt (or a single image or a single prompt for all)"
+            )
+
+        pixel_values = self.preprocess_images(image_list)
+        if pixel_values.shape[0] != batch:
+            pixel_values = pixel_values.expand(batch, -1, -1, -1).contiguous()
+        rows = [self.encode_prompt(p) for p in prompt_list]
+        if len(rows) != batch:
+            rows = rows * batch
+        packed = self.pack(rows, sequence_length)
+        return {
+            "pixel_values": pixel_values,
+            "token_ids": packed["token_ids"],
+            "padding_mask": packed["padding_mask"],
+        }

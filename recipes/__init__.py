@@ -1,0 +1,1 @@
+"""Scripts that build things pali ships (not installed with the package)."""

@@ -1,0 +1,472 @@
+"""engine.checkpoints.hub end to end against a fake Hugging Face Hub on 127.0.0.1 (tests/helpers/fake_hub.py).
+
+huggingface_hub reads a few settings once, when it is imported (endpoint, offline flag, telemetry,
+token file path). engine.checkpoints.hub reads HF_ENDPOINT / HF_HUB_OFFLINE / HF_TOKEN itself at call time; the
+``env`` fixture also pins those import-time constants so that no test depends on the order in which
+modules were imported, or on the developer's own login.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import huggingface_hub
+import huggingface_hub.constants as hf_constants
+import numpy as np
+import pytest
+from safetensors.numpy import save
+
+from engine.checkpoints import hub
+from engine.checkpoints.presets import UnknownPresetError
+from tests.helpers.fake_hub import FakeHub
+
+PRESET = "pali_gemma2_mix_3b_224"
+REPO = "google/paligemma2-3b-mix-224"
+WANTED = ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json")
+TOKEN = "hf_fake_valid_token"
+
+
+def checkpoint_files(weights: int = 20_000, **extra: bytes) -> dict[str, bytes]:
+    """Small stand-ins for a repo's files; only names and bytes matter to the download code."""
+    tensors = {"embed": np.arange(weights, dtype=np.float32), "norm": np.ones(8, dtype=np.float32)}
+    return {
+        "config.json": b'{"model_type": "paligemma"}',
+        "model.safetensors": save(tensors),
+        "tokenizer.model": b"\x0a\x05dummy-sentencepiece",
+        "tokenizer_config.json": b"{}",
+        "README.md": b"# not downloaded: pali does not need it",
+        ".gitattributes": b"*.safetensors filter=lfs",
+        **extra,
+    }
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    tmp_path = tmp_path.resolve()  # snapshot paths come back resolved
+    caches = {"pali": tmp_path / "pali-cache", "hf": tmp_path / "hf-home" / "hub"}
+    monkeypatch.setenv("PALI_CACHE_DIR", str(caches["pali"]))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(caches["hf"]))
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)  # no registry fetch
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
+    return caches
+
+
+@pytest.fixture
+def fake_hub(env, monkeypatch):
+    with FakeHub(token=TOKEN) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_same_files(folder: Path, files: dict[str, bytes], names=WANTED) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+    for name in names:
+        assert (folder / name).read_bytes() == files[name], name
+
+
+# ----------------------------------------------------------------------------- download and reuse
+
+
+def test_first_resolve_downloads_into_pali_cache_then_works_offline(fake_hub, env, monkeypatch):
+    files = checkpoint_files()
+    fake_hub.add_repo(REPO, files)
+
+    folder = hub.resolve(PRESET, quiet=True)
+
+    assert folder.is_relative_to(env["pali"]) and not env["hf"].exists()
+    assert_same_files(folder, files)  # README.md and .gitattributes are not fetched
+    assert hub.is_cached(PRESET)
+    assert hub.size_on_disk(PRESET) == sum(len(files[n]) for n in WANTED)
+
+    # Only the endpoints a plain-HTTP snapshot download uses: no Xet, no telemetry.
+    known = re.compile(rf"^/api/models/{REPO}/(revision|tree)/|^/{REPO}/resolve/|^/cdn/")
+    assert all(known.match(r.path) for r in fake_hub.requests), fake_hub.requests
+
+    fake_hub.stop()  # the second resolve must not need the network at all
+    fake_hub.clear_requests()
+    assert hub.resolve(PRESET) == folder
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.resolve(PRESET, allow_download=False) == folder
+    assert fake_hub.requests == []
+
+
+def test_cached_copy_is_used_without_any_request(fake_hub):
+    fake_hub.add_repo(REPO, checkpoint_files())
+    hub.download(PRESET, quiet=True)
+    fake_hub.clear_requests()
+
+    hub.resolve(PRESET)
+    hub.is_cached(PRESET)
+    hub.size_on_disk(PRESET)
+
+    assert fake_hub.requests == []
+
+
+def test_paligemma1_presets_download_the_bfloat16_branch(fake_hub):
+    fp32, bf16 = checkpoint_files(weights=4000), checkpoint_files(weights=2000)
+    fake_hub.add_repo("google/paligemma-3b-mix-224", fp32, revision="main")
+    fake_hub.add_repo("google/paligemma-3b-mix-224", bf16, revision="bfloat16")
+
+    folder = hub.resolve("pali_gemma_3b_mix_224", quiet=True)
+
+    assert_same_files(folder, bf16)
+
+
+def test_hf_uri_with_revision(fake_hub):
+    main, v2 = checkpoint_files(weights=100), checkpoint_files(weights=200)
+    fake_hub.add_repo("someone/tuned-pali", main)
+    commit = fake_hub.add_repo("someone/tuned-pali", v2, revision="v2")
+
+    assert_same_files(hub.resolve("hf://someone/tuned-pali@v2", quiet=True), v2)
+    assert_same_files(hub.resolve("hf://someone/tuned-pali", quiet=True), main)
+    assert hub.resolve("hf://someone/tuned-pali@v2").name == commit
+
+
+def test_sharded_checkpoint_directory_round_trips(fake_hub, tmp_path):
+    source = tmp_path / "sharded"
+    source.mkdir()
+    shards = {f"model-0000{i}-of-00002.safetensors": save({f"w{i}": np.full(500, i, np.float32)}) for i in (1, 2)}
+    index = {"metadata": {}, "weight_map": {"w1": "model-00001-of-00002.safetensors",
+                                            "w2": "model-00002-of-00002.safetensors"}}
+    files = {**shards, "model.safetensors.index.json": json.dumps(index).encode(),
+             "config.json": b"{}", "tokenizer.model": b"sp", "optimizer.pt": b"pickle"}
+    for name, data in files.items():
+        (source / name).write_bytes(data)
+    fake_hub.add_repo_dir("someone/sharded", source)
+
+    folder = hub.resolve("hf://someone/sharded", quiet=True)
+
+    assert_same_files(folder, files, names=[n for n in files if n != "optimizer.pt"])
+    (folder / "model-00002-of-00002.safetensors").unlink()  # a shard gone: no longer a usable copy
+    assert not hub.is_cached("hf://someone/sharded")
+
+
+def test_reuses_the_huggingface_cache_in_place_without_a_request(fake_hub, env):
+    files = checkpoint_files()
+    fake_hub.add_repo(REPO, files)
+    # Another tool filled the shared cache (with everything, README included).
+    shared = Path(huggingface_hub.snapshot_download(REPO, cache_dir=env["hf"], endpoint=fake_hub.url))
+    fake_hub.stop()
+    fake_hub.clear_requests()
+
+    folder = hub.resolve(PRESET)
+
+    assert folder == shared and not env["pali"].exists()
+    assert hub.is_cached(PRESET)
+    assert [p.name for p in hub.cached_presets()] == [PRESET, "pali-demo-shapes"]  # the demo is bundled
+    assert fake_hub.requests == []
+
+
+def test_reuses_a_huggingface_cache_filled_file_by_file(fake_hub, env):
+    # transformers fetches files one by one (no tree listing is cached): still a complete copy.
+    files = checkpoint_files()
+    fake_hub.add_repo(REPO, files)
+    for name in WANTED:
+        huggingface_hub.hf_hub_download(REPO, name, cache_dir=env["hf"], endpoint=fake_hub.url)
+    fake_hub.clear_requests()
+
+    assert hub.resolve(PRESET).is_relative_to(env["hf"])
+    assert fake_hub.requests == []
+
+
+def test_incomplete_huggingface_cache_is_not_used(fake_hub, env):
+    files = checkpoint_files()
+    fake_hub.add_repo(REPO, files)
+    huggingface_hub.hf_hub_download(REPO, "config.json", cache_dir=env["hf"], endpoint=fake_hub.url)
+
+    folder = hub.resolve(PRESET, quiet=True)
+
+    assert folder.is_relative_to(env["pali"])
+    assert_same_files(folder, files)
+
+
+def test_local_directory(tmp_path, env):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    assert hub.resolve(tmp_path / "ckpt") == (tmp_path / "ckpt").resolve()
+    assert hub.resolve(str(tmp_path / "ckpt")) == (tmp_path / "ckpt").resolve()
+    assert hub.is_cached(str(tmp_path / "ckpt"))
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(hub.LocalModelError, match="no config.json"):
+        hub.resolve(str(tmp_path / "empty"))
+    with pytest.raises(hub.LocalModelError, match="is a file"):
+        hub.resolve(str(tmp_path / "ckpt" / "config.json"))
+    with pytest.raises(hub.LocalModelError, match="no such directory"):
+        hub.resolve(str(tmp_path / "missing"))
+
+
+def test_bare_repo_id_hints_at_hf_uri(env, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(hub.LocalModelError, match="hf://google/paligemma2-3b-mix-224"):
+        hub.resolve("google/paligemma2-3b-mix-224")
+
+
+def test_unknown_name_says_what_a_spec_can_be(env):
+    with pytest.raises(UnknownPresetError) as caught:
+        hub.resolve("pali_gemma2_mix_3b_24")
+    assert "pali_gemma2_mix_3b_224" in str(caught.value)
+    assert "hf://owner/repo" in str(caught.value)
+
+
+def test_bundled_demo_model_resolves_or_says_it_is_missing(env):
+    from engine.checkpoints.presets import get_preset
+
+    demo = get_preset("pali-demo-shapes")
+    if (demo.bundled_dir / "config.json").is_file():
+        assert hub.resolve("pali-demo-shapes") == demo.bundled_dir
+    else:
+        with pytest.raises(hub.LocalModelError, match="pali-demo-shapes"):
+            hub.resolve("pali-demo-shapes")
+        assert not hub.is_cached("pali-demo-shapes")
+
+
+# ----------------------------------------------------------------------------- interrupted downloads
+
+
+def test_connection_dropped_mid_file_resumes_with_a_range_request(fake_hub, monkeypatch):
+    files = checkpoint_files(weights=50_000)
+    fake_hub.add_repo(REPO, files)
+    fake_hub.add_fault(REPO, "model.safetensors", ("drop", 60_000))
+    # huggingface_hub writes 10 MiB chunks; small chunks let a 200 kB file resume mid-way.
+    monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 4096)
+
+    folder = hub.resolve(PRESET, quiet=True)
+
+    assert sha256(folder / "model.safetensors") == hashlib.sha256(files["model.safetensors"]).hexdigest()
+    ranges = [r.range for r in fake_hub.requests if r.path.startswith("/cdn/") and r.range]
+    assert len(ranges) == 1 and 0 < int(ranges[0].removeprefix("bytes=").rstrip("-")) <= 60_000
+
+
+def test_failed_download_continues_on_the_next_call(fake_hub, env):
+    files = checkpoint_files(weights=50_000)
+    fake_hub.add_repo(REPO, files)
+    # The connection drops, and the retry meets a server error: this call gives up.
+    fake_hub.add_fault(REPO, "model.safetensors", ("drop", 60_000), ("status", 503))
+
+    with pytest.raises(hub.ModelUnavailableError, match="503"):
+        hub.resolve(PRESET, quiet=True)
+    assert not hub.is_cached(PRESET)
+    fake_hub.clear_requests()
+
+    folder = hub.resolve(PRESET, quiet=True)
+
+    assert_same_files(folder, files)
+    fetched = [r.path.rsplit("/", 1)[-1] for r in fake_hub.requests if r.method == "GET" and "/resolve/" in r.path]
+    assert "config.json" not in fetched  # finished files were kept; only the broken one came again
+    assert any(r.path.startswith("/cdn/") for r in fake_hub.requests)
+
+
+@pytest.mark.slow  # huggingface_hub sleeps 1 s before each of its 5 retries
+def test_connection_lost_for_good_is_an_interrupted_download(fake_hub, monkeypatch):
+    files = checkpoint_files(weights=50_000)
+    fake_hub.add_repo(REPO, files)
+    fake_hub.add_fault(REPO, "model.safetensors", ("drop", 60_000), *[("drop", 0)] * 5)
+    monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 4096)
+
+    with pytest.raises(hub.DownloadInterruptedError, match=f"pali presets download {PRESET}"):
+        hub.resolve(PRESET, quiet=True)
+
+    fake_hub.clear_faults()
+    assert_same_files(hub.resolve(PRESET, quiet=True), files)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_offline_and_not_cached(fake_hub, monkeypatch):
+    fake_hub.add_repo(REPO, checkpoint_files())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    with pytest.raises(hub.OfflineError) as caught:
+        hub.resolve(PRESET)
+
+    message = str(caught.value)
+    assert PRESET in message and "HF_HUB_OFFLINE" in message
+    assert f"pali presets download {PRESET}" in message
+    assert fake_hub.requests == []
+
+
+def test_no_download_allowed_and_not_cached(fake_hub):
+    fake_hub.add_repo(REPO, checkpoint_files())
+    with pytest.raises(hub.OfflineError, match=f"pali presets download {PRESET}"):
+        hub.resolve(PRESET, allow_download=False)
+    assert fake_hub.requests == []
+
+
+def test_unreachable_hub_and_not_cached(env, monkeypatch):
+    with FakeHub() as server:
+        url = server.url  # a port that nothing listens on once the server is stopped
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    with pytest.raises(hub.OfflineError, match="cannot reach"):
+        hub.resolve(PRESET, quiet=True)
+
+
+def test_401_asks_for_a_login_and_never_shows_the_token(fake_hub, monkeypatch):
+    fake_hub.add_repo(REPO, checkpoint_files(), access="private")
+
+    with pytest.raises(hub.AuthenticationRequiredError) as caught:
+        hub.resolve(PRESET, quiet=True)
+    message = str(caught.value)
+    assert "HF_TOKEN" in message and "hf auth login" in message
+    assert f"https://huggingface.co/{REPO}" in message and "no token" in message
+
+    wrong = "hf_wrong_secret_value_12345"
+    monkeypatch.setenv("HF_TOKEN", wrong)
+    with pytest.raises(hub.AuthenticationRequiredError) as caught:
+        hub.resolve(PRESET, quiet=True)
+    assert wrong not in str(caught.value) and "rejected" in str(caught.value)
+    assert any(r.authorization == f"Bearer {wrong}" for r in fake_hub.requests)  # HF_TOKEN was used
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert (hub.resolve(PRESET, quiet=True) / "model.safetensors").is_file()
+
+
+def test_403_gated_asks_to_accept_the_license(fake_hub, monkeypatch):
+    fake_hub.add_repo(REPO, checkpoint_files(), access="gated", granted=False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+
+    with pytest.raises(hub.AccessDeniedError) as caught:
+        hub.resolve(PRESET, quiet=True)
+
+    message = str(caught.value)
+    assert "license" in message and f"https://huggingface.co/{REPO}" in message
+    assert TOKEN not in message
+
+
+def test_gated_without_a_token_is_a_401(fake_hub):
+    fake_hub.add_repo(REPO, checkpoint_files(), access="gated", granted=True)
+    with pytest.raises(hub.AuthenticationRequiredError):
+        hub.resolve(PRESET, quiet=True)
+
+
+def test_404_repo_and_revision(fake_hub):
+    fake_hub.add_repo("someone/exists", checkpoint_files())
+    with pytest.raises(hub.ModelNotFoundError, match="someone/missing"):
+        hub.resolve("hf://someone/missing", quiet=True)
+    with pytest.raises(hub.ModelNotFoundError, match="revision 'nope'"):
+        hub.resolve("hf://someone/exists@nope", quiet=True)
+
+
+def test_pickled_only_repo_is_refused_without_fetching_the_pickle(fake_hub):
+    files = checkpoint_files(**{"pytorch_model.bin": b"\x80\x04 pickle"})
+    del files["model.safetensors"]
+    fake_hub.add_repo("someone/old-format", files)
+
+    with pytest.raises(hub.UnsupportedCheckpointError, match=r"pickled weights \(pytorch_model.bin\)"):
+        hub.resolve("hf://someone/old-format", quiet=True)
+
+    assert not any(r.path.endswith(".bin") for r in fake_hub.requests)
+    assert not hub.is_cached("hf://someone/old-format")
+
+
+def test_malformed_hub_uri(env):
+    with pytest.raises(hub.ModelNotFoundError, match="hf://owner/repo"):
+        hub.resolve("hf://datasets/someone/data")
+
+
+# ----------------------------------------------------------------------------- remove
+
+
+def test_remove_frees_pali_cache_and_leaves_the_huggingface_cache_alone(fake_hub, env):
+    files = checkpoint_files()
+    fake_hub.add_repo(REPO, files)
+    shared = Path(huggingface_hub.snapshot_download(REPO, cache_dir=env["hf"], endpoint=fake_hub.url))
+    shared_before = {p.name: p.read_bytes() for p in shared.iterdir()}
+    ours = hub.resolve("hf://" + REPO)  # the shared copy...
+    assert ours == shared
+    # ...so fill pali's cache explicitly, as if it had been downloaded before the shared copy existed.
+    own = Path(huggingface_hub.snapshot_download(REPO, cache_dir=env["pali"], endpoint=fake_hub.url,
+                                                 allow_patterns=list(hub.ALLOW_PATTERNS)))
+    assert hub.resolve(PRESET) == own
+
+    freed = hub.remove(PRESET)
+
+    assert freed == sum(len(files[n]) for n in WANTED)
+    assert not own.exists()
+    assert {p.name: p.read_bytes() for p in shared.iterdir()} == shared_before
+    assert hub.resolve(PRESET) == shared  # still usable, from the shared cache
+    assert hub.remove(PRESET) == 0
+
+
+def test_remove_refuses_local_directories_and_the_shared_cache(tmp_path, env, monkeypatch):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    with pytest.raises(hub.LocalModelError, match="local directory"):
+        hub.remove(str(tmp_path / "ckpt"))
+    monkeypatch.setenv("PALI_CACHE_DIR", str(env["hf"]))
+    env["hf"].mkdir(parents=True)
+    with pytest.raises(hub.LocalModelError, match="shared Hugging Face cache"):
+        hub.remove(PRESET)
+
+
+def test_remove_clears_an_aborted_download(fake_hub, env):
+    files = checkpoint_files(weights=50_000)
+    fake_hub.add_repo(REPO, files)
+    fake_hub.add_fault(REPO, "model.safetensors", ("status", 500))
+    with pytest.raises(hub.ModelUnavailableError, match="500"):
+        hub.resolve(PRESET, quiet=True)
+
+    assert hub.remove(PRESET) > 0
+    assert not any(env["pali"].glob("models--*/snapshots/*/*"))
+
+
+# ----------------------------------------------------------------------------- cache locations
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    import platformdirs
+
+    monkeypatch.setenv("PALI_CACHE_DIR", str(tmp_path / "mine"))
+    assert hub.default_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("PALI_CACHE_DIR")
+    assert hub.default_cache_dir() == Path(platformdirs.user_cache_dir("pali", appauthor=False))
+
+
+@pytest.mark.parametrize("variables", [
+    {"HF_HUB_CACHE": "{tmp}/a"},
+    {"HF_HOME": "{tmp}/b"},
+    {"XDG_CACHE_HOME": "{tmp}/c"},
+])
+def test_hf_cache_dir_agrees_with_huggingface_hub(variables, monkeypatch, tmp_path):
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    # huggingface_hub computes its cache path at import: ask a fresh interpreter.
+    out = subprocess.run([sys.executable, "-c", "import huggingface_hub.constants as c; print(c.HF_HUB_CACHE)"],
+                         capture_output=True, text=True, env=os.environ.copy(), check=True).stdout.strip()
+    assert hub.hf_cache_dir() == Path(out)
+
+
+def test_quiet_hides_the_progress_bars(fake_hub, capfd):
+    fake_hub.add_repo(REPO, checkpoint_files())
+    fake_hub.add_repo("someone/other", checkpoint_files())
+
+    hub.resolve(PRESET, quiet=True)
+    assert "Fetching" not in capfd.readouterr().err
+
+    # Another in-process caller (a CLI test run with -q) may have switched the bars off globally.
+    was_disabled = huggingface_hub.utils.are_progress_bars_disabled()
+    huggingface_hub.utils.enable_progress_bars()
+    try:
+        hub.resolve("hf://someone/other")
+    finally:
+        if was_disabled:
+            huggingface_hub.utils.disable_progress_bars()
+    assert "Fetching 4 files" in capfd.readouterr().err
