@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--root", type=Path, default=None)
-    parser.add_argument("--modes", nargs="+", default=None, metavar="SIDE:MODE", help="e.g. ours:bf16 hf:fp32 (default: all)")
+    parser.add_argument(
+        "--modes", nargs="+", default=None, metavar="SIDE:MODE", help="e.g. ours:bf16 hf:fp32 (default: all)"
+    )
     args = parser.parse_args(argv)
     chosen = [tuple(m.split(":", 1)) for m in args.modes or [] if m != "ours:fp32"]
     modes = list(MODES) if args.modes is None else [("ours", "fp32"), *chosen]
@@ -69,14 +71,20 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"preset": args.preset, "checkpoint": str(checkpoint), "greedy": {}, "teacher_forced": {}}
     for (side, mode), toks in tokens.items():
         lead = next((i for i, (a, b) in enumerate(zip(ref, toks)) if a != b), len(ref))
-        summary["greedy"][f"{side} {mode}"] = {"leading_equal": lead, "equal": sum(a == b for a, b in zip(ref, toks)), "of": len(ref)}
+        summary["greedy"][f"{side} {mode}"] = {
+            "leading_equal": lead,
+            "equal": sum(a == b for a, b in zip(ref, toks)),
+            "of": len(ref),
+        }
     with tempfile.TemporaryDirectory() as tmp:
         score = Path(tmp) / "tokens.json"
         score.write_text(json.dumps(ref))
         logits = {}
         for side, mode in modes:
             dump = Path(tmp) / f"{side}-{mode}.pt"
-            result = run_worker(side, checkpoint, mode, 1, args.new_tokens, ids, extra=["--score", str(score), "--dump", str(dump)])
+            result = run_worker(
+                side, checkpoint, mode, 1, args.new_tokens, ids, extra=["--score", str(score), "--dump", str(dump)]
+            )
             if "error" in result:
                 raise SystemExit(f"{side} {mode} (scoring): {result['error']}")
             logits[(side, mode)] = torch.load(dump)
@@ -85,13 +93,17 @@ def main(argv: list[str] | None = None) -> None:
         summary["teacher_forced"][" ".join(key)] = compare(reference, value)
     print(json.dumps(summary))
     print(f"\n{args.preset}: against our fp32 model, {len(ref)} generated tokens\n")
-    print("| mode | greedy: leading tokens equal | greedy: tokens equal | logit cosine mean | min | top-1 agreement (teacher-forced) | max abs diff |")
+    print(
+        "| mode | greedy: leading tokens equal | greedy: tokens equal | logit cosine mean | min | top-1 agreement (teacher-forced) | max abs diff |"
+    )
     print("|---|---|---|---|---|---|---|")
     for key in logits:
         name = " ".join(key)
         g, t = summary["greedy"][name], summary["teacher_forced"][name]
-        print(f"| {name} | {g['leading_equal']}/{g['of']} | {g['equal']}/{g['of']} | {t['cosine_mean']:.6f} | {t['cosine_min']:.6f} | "
-              f"{t['top1_agreement']:.3f} | {t['max_abs_diff']:.2e} |")
+        print(
+            f"| {name} | {g['leading_equal']}/{g['of']} | {g['equal']}/{g['of']} | {t['cosine_mean']:.6f} | {t['cosine_min']:.6f} | "
+            f"{t['top1_agreement']:.3f} | {t['max_abs_diff']:.2e} |"
+        )
     print(f"\nlogit std (our fp32): {summary['teacher_forced']['ours fp32']['logit_std']:.4f}")
 
 

@@ -113,9 +113,8 @@ def _write(directory: Path, shapes: dict, dtype: torch.dtype, tensor_for) -> Non
 
 def build(preset: str, root: Path | None = None, seed: int = 0) -> Path:
     """Build (once) the bf16 checkpoint of ``preset``; returns its directory."""
-    from engine.checkpoints.presets import hf_config_for
-
     from benchmarks.tokenizer import build_full_layout_tokenizer
+    from engine.checkpoints.presets import hf_config_for
 
     directory = checkpoint_dir(preset, root)
     if (directory / "config.json").exists():
@@ -166,7 +165,9 @@ def build_fp32(preset: str, root: Path | None = None) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("presets", nargs="*", default=list(DEFAULT_PRESETS))
-    parser.add_argument("--root", type=Path, default=None, help="cache directory (default: $PALI_BENCH_CACHE or ~/.cache/pali-bench)")
+    parser.add_argument(
+        "--root", type=Path, default=None, help="cache directory (default: $PALI_BENCH_CACHE or ~/.cache/pali-bench)"
+    )
     parser.add_argument("--fp32", action="store_true", help="also write an fp32 copy")
     args = parser.parse_args(argv)
     for preset in args.presets:

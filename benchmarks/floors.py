@@ -7,7 +7,7 @@ Shapes are PaliGemma 1 3B's text MLP: up/gate (2048 -> 16384) and down (16384 ->
 row counts (the batch) and at prefill (266 rows: 256 image tokens + a short prompt). Each kernel
 cycles through several distinct weights (more bytes than the last-level cache), so decode figures
 are the memory-bound rates a real decode step sees. "GB/s" counts weight bytes read per second.
-"huge pages" rows read the same weights from engine.memory's 2 MiB-page memory (Linux THP).
+"huge pages" rows read the same weights from engine.runtime.memory's 2 MiB-page memory (Linux THP).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def kernels(n: int, k: int, g: torch.Generator) -> dict:
     """name -> (bytes per weight, weights, fn(x_fp32, x_bf16, weight) -> y)."""
     fp32 = [torch.randn(n, k, generator=g) for _ in range(COPIES)]
     bf16 = [w.bfloat16() for w in fp32]
-    # The same weights in engine.memory's huge-page memory (what a casting load gives them).
+    # The same weights in engine.runtime.memory's huge-page memory (what a casting load gives them).
     fp32_huge = [empty_weight((n, k), torch.float32).copy_(w) for w in fp32]
     bf16_huge = [empty_weight((n, k), torch.bfloat16).copy_(w) for w in bf16]
     int8 = [_int8(w) for w in fp32]
@@ -59,9 +59,21 @@ def kernels(n: int, k: int, g: torch.Generator) -> dict:
         "fp32 oneDNN, huge pages": (4, fp32_huge, lambda xf, xb, w: onednn(xf, w, None, "none", [], "")),
         "bf16 F.linear": (2, bf16, lambda xf, xb, w: F.linear(xb, w)),
         "bf16 F.linear, huge pages": (2, bf16_huge, lambda xf, xb, w: F.linear(xb, w)),
-        "bf16 -> fp32 scratch + oneDNN": (2, bf16, lambda xf, xb, w: onednn(xf, scratch.copy_(w), None, "none", [], "")),
-        "int8 _weight_int8pack_mm (bf16 x)": (1, int8, lambda xf, xb, w: torch.ops.aten._weight_int8pack_mm(xb, w[0], w[1])),
-        "int8 -> fp32 scratch + oneDNN": (1, int8, lambda xf, xb, w: onednn(xf, scratch.copy_(w[0]).mul_(w[1].float()[:, None]), None, "none", [], "")),
+        "bf16 -> fp32 scratch + oneDNN": (
+            2,
+            bf16,
+            lambda xf, xb, w: onednn(xf, scratch.copy_(w), None, "none", [], ""),
+        ),
+        "int8 _weight_int8pack_mm (bf16 x)": (
+            1,
+            int8,
+            lambda xf, xb, w: torch.ops.aten._weight_int8pack_mm(xb, w[0], w[1]),
+        ),
+        "int8 -> fp32 scratch + oneDNN": (
+            1,
+            int8,
+            lambda xf, xb, w: onednn(xf, scratch.copy_(w[0]).mul_(w[1].float()[:, None]), None, "none", [], ""),
+        ),
     }
 
 
@@ -70,7 +82,15 @@ def measure(rows_list=ROWS) -> list[dict]:
     out = []
     big = torch.empty(256 * 1024**2).normal_(generator=g)
     t = _median_s(big.sum)
-    out.append({"kernel": "stream read (sum of 1 GiB fp32)", "shape": "-", "rows": 0, "ms": 1000 * t, "GBps": big.numel() * 4 / t / 1e9})
+    out.append(
+        {
+            "kernel": "stream read (sum of 1 GiB fp32)",
+            "shape": "-",
+            "rows": 0,
+            "ms": 1000 * t,
+            "GBps": big.numel() * 4 / t / 1e9,
+        }
+    )
     del big
     for shape_name, (n, k) in SHAPES.items():
         table = kernels(n, k, g)
@@ -81,8 +101,16 @@ def measure(rows_list=ROWS) -> list[dict]:
                 if name.startswith("bf16 F.linear") and rows > 64:
                     continue  # emulated bf16 GEMM: ~1 s per call, known to lose
                 t = _median_s(lambda: [fn(xf, xb, w) for w in weights]) / len(weights)
-                out.append({"kernel": name, "shape": shape_name, "rows": rows, "ms": 1000 * t,
-                            "GBps": n * k * nbytes / t / 1e9, "GFLOPs": 2 * rows * n * k / t / 1e9})
+                out.append(
+                    {
+                        "kernel": name,
+                        "shape": shape_name,
+                        "rows": rows,
+                        "ms": 1000 * t,
+                        "GBps": n * k * nbytes / t / 1e9,
+                        "GFLOPs": 2 * rows * n * k / t / 1e9,
+                    }
+                )
                 print(json.dumps(out[-1]), flush=True)
     return out
 
@@ -98,7 +126,9 @@ def main() -> None:
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
     print("\n| kernel | shape | rows | ms per weight | weight GB/s | GFLOP/s |\n|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['kernel']} | {r['shape']} | {r['rows']} | {r['ms']:.2f} | {r['GBps']:.1f} | {r.get('GFLOPs', 0):.1f} |")
+        print(
+            f"| {r['kernel']} | {r['shape']} | {r['rows']} | {r['ms']:.2f} | {r['GBps']:.1f} | {r.get('GFLOPs', 0):.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,11 @@ n_img = (size // model.config.vision_config.patch_size) ** 2
 ids = [model.config.image_token_id] * n_img + [sp.bos_id()] + sp.encode("caption en") + [sp.piece_to_id("\n")]
 input_ids = torch.tensor([ids])
 out = model.generate(
-    input_ids=input_ids, pixel_values=pixels, attention_mask=torch.ones_like(input_ids),
-    token_type_ids=torch.zeros_like(input_ids), max_new_tokens=max_new_tokens, do_sample=False,
+    input_ids=input_ids,
+    pixel_values=pixels,
+    attention_mask=torch.ones_like(input_ids),
+    token_type_ids=torch.zeros_like(input_ids),
+    max_new_tokens=max_new_tokens,
+    do_sample=False,
 )
-print(sp.decode(out[0, len(ids):].tolist()))
+print(sp.decode(out[0, len(ids) :].tolist()))

@@ -57,7 +57,18 @@ def timed(cmd: list[str]) -> dict:
 
 
 def commands(checkpoint: Path, image: Path, dtype: str, quantize: str | None, tokens: int) -> dict[str, list[str]]:
-    ours = [*pali_command(), "caption", str(image), "--preset", str(checkpoint), "--max-tokens", str(tokens), "--dtype", dtype, "-q"]
+    ours = [
+        *pali_command(),
+        "caption",
+        str(image),
+        "--preset",
+        str(checkpoint),
+        "--max-tokens",
+        str(tokens),
+        "--dtype",
+        dtype,
+        "-q",
+    ]
     if quantize:
         ours += ["--quantize", quantize]
     hf = [sys.executable, str(REPO / "benchmarks" / "hf_caption.py"), str(checkpoint), str(image), dtype, str(tokens)]
@@ -83,9 +94,11 @@ def main(argv: list[str] | None = None) -> None:
         if result["rc"] == 0:
             results.setdefault(name, []).append(result["wall_s"])
 
-    for name, cmd in (("import engine", [sys.executable, "-c", "import engine.causal_lm"]),
-                      ("import transformers", [sys.executable, "-c", "from transformers import PaliGemmaForConditionalGeneration"]),
-                      ("pali --help", [*pali_command(), "--help"])):
+    for name, cmd in (
+        ("import engine", [sys.executable, "-c", "import engine.causal_lm"]),
+        ("import transformers", [sys.executable, "-c", "from transformers import PaliGemmaForConditionalGeneration"]),
+        ("pali --help", [*pali_command(), "--help"]),
+    ):
         timed(cmd)
         for _ in range(args.runs):
             record(name, timed(cmd))
@@ -94,12 +107,14 @@ def main(argv: list[str] | None = None) -> None:
         for side, cmd in commands(checkpoint, image, dtype, None, args.new_tokens).items():
             jobs[f"{side} {dtype}"] = cmd
         if args.quantize:
-            jobs[f"ours {dtype} {args.quantize}"] = commands(checkpoint, image, dtype, args.quantize, args.new_tokens)["ours"]
+            jobs[f"ours {dtype} {args.quantize}"] = commands(checkpoint, image, dtype, args.quantize, args.new_tokens)[
+                "ours"
+            ]
     for name, cmd in jobs.items():  # warm the page cache (and the quantized cache) untimed
         timed(cmd)
     names = list(jobs)
     for r in range(args.runs):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             record(name, timed(jobs[name]))
     print("\n| what | runs | median wall s |\n|---|---|---|")
     for name, walls in results.items():
@@ -110,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"ratio ours/transformers, {dtype}: {statistics.median(o) / statistics.median(h):.2f}x")
         q = results.get(f"ours {dtype} {args.quantize}") if args.quantize else None
         if q and h:
-            print(f"ratio ours {args.quantize}/transformers {dtype}: {statistics.median(q) / statistics.median(h):.2f}x")
+            print(
+                f"ratio ours {args.quantize}/transformers {dtype}: {statistics.median(q) / statistics.median(h):.2f}x"
+            )
 
 
 if __name__ == "__main__":

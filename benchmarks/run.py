@@ -41,8 +41,22 @@ def prompt_ids(checkpoint: Path) -> list[int]:
 
 
 def run_worker(side: str, checkpoint: Path, mode: str, batch: int, new_tokens: int, ids: list[int], extra=()) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.worker", "--side", side, "--checkpoint", str(checkpoint),
-           "--batch", str(batch), "--new-tokens", str(new_tokens), "--prompt-ids", ",".join(map(str, ids)), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.worker",
+        "--side",
+        side,
+        "--checkpoint",
+        str(checkpoint),
+        "--batch",
+        str(batch),
+        "--new-tokens",
+        str(new_tokens),
+        "--prompt-ids",
+        ",".join(map(str, ids)),
+        *extra,
+    ]
     if side == "ours":
         dtype, quantize = OURS_MODES[mode]
         cmd += ["--dtype", dtype] + (["--quantize", quantize] if quantize else [])
@@ -53,8 +67,10 @@ def run_worker(side: str, checkpoint: Path, mode: str, batch: int, new_tokens: i
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
-                "wall_s": wall}
+        return {
+            "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
+            "wall_s": wall,
+        }
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["process_wall_s"] = wall
     return result
@@ -92,23 +108,55 @@ def run(args) -> Path:
         if "int8" in args.modes:  # the first quantized load quantizes and fills the cache: time it apart
             result = run_worker("ours", checkpoint, "int8", 1, 1, ids)
             with open(out, "a") as f:
-                f.write(json.dumps({"preset": preset, "side": "ours", "mode": "int8", "batch": 1, "warmup": True,
-                                    "first_quantize_load_s": result.get("load_s"), **result}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "preset": preset,
+                            "side": "ours",
+                            "mode": "int8",
+                            "batch": 1,
+                            "warmup": True,
+                            "first_quantize_load_s": result.get("load_s"),
+                            **result,
+                        }
+                    )
+                    + "\n"
+                )
         for r in range(args.runs):
             for batch in args.batches:
-                rotated = jobs[r % len(jobs):] + jobs[: r % len(jobs)]
+                rotated = jobs[r % len(jobs) :] + jobs[: r % len(jobs)]
                 for side, mode in rotated:
                     if args.cold and r == 0:
                         evict(checkpoint)
                     result = run_worker(side, checkpoint, mode, batch, args.new_tokens, ids)
-                    record = {"preset": preset, "side": side, "mode": mode, "batch": batch, "run": r,
-                              "cold": bool(args.cold and r == 0), "new_tokens": args.new_tokens,
-                              "prompt_tokens": len(ids), **result}
+                    record = {
+                        "preset": preset,
+                        "side": side,
+                        "mode": mode,
+                        "batch": batch,
+                        "run": r,
+                        "cold": bool(args.cold and r == 0),
+                        "new_tokens": args.new_tokens,
+                        "prompt_tokens": len(ids),
+                        **result,
+                    }
                     with open(out, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     brief = {k: round(v, 3) for k, v in result.items() if k in METRICS}
-                    print(json.dumps({"preset": preset, "side": side, "mode": mode, "batch": batch, "run": r,
-                                      **brief, **({"error": result["error"]} if "error" in result else {})}), flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                "preset": preset,
+                                "side": side,
+                                "mode": mode,
+                                "batch": batch,
+                                "run": r,
+                                **brief,
+                                **({"error": result["error"]} if "error" in result else {}),
+                            }
+                        ),
+                        flush=True,
+                    )
     return out
 
 
@@ -126,16 +174,26 @@ def summarize(path: Path) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in ok:
         groups.setdefault((r["preset"], r["batch"], r["side"], r["mode"]), []).append(r)
-    lines = ["", f"Medians ({path}):", "",
-             "| preset | batch | side | mode | runs | TTFT s | decode ms/tok | images/s | load s | import s | peak RSS GiB | weights GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"Medians ({path}):",
+        "",
+        "| preset | batch | side | mode | runs | TTFT s | decode ms/tok | images/s | load s | import s | peak RSS GiB | weights GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (preset, batch, side, mode), rs in sorted(groups.items()):
         m = {k: _median(rs, k) for k in METRICS}
-        lines.append(f"| {preset} | {batch} | {side} | {mode} | {len(rs)} | {m['ttft_s']:.2f} | {m['decode_ms_per_token']:.0f} | "
-                     f"{m['images_per_s']:.4f} | {m['load_s']:.2f} | {m['import_s']:.2f} | {m['peak_rss_gib']:.2f} | {m['weight_gib']:.2f} |")
-    lines += ["", "Ratios, ours / transformers (TTFT and RSS: lower is better; decode and images/s are speed-ups):", "",
-              "| preset | batch | ours | vs transformers | TTFT | decode speed-up | images/s | peak RSS | load+TTFT |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {preset} | {batch} | {side} | {mode} | {len(rs)} | {m['ttft_s']:.2f} | {m['decode_ms_per_token']:.0f} | "
+            f"{m['images_per_s']:.4f} | {m['load_s']:.2f} | {m['import_s']:.2f} | {m['peak_rss_gib']:.2f} | {m['weight_gib']:.2f} |"
+        )
+    lines += [
+        "",
+        "Ratios, ours / transformers (TTFT and RSS: lower is better; decode and images/s are speed-ups):",
+        "",
+        "| preset | batch | ours | vs transformers | TTFT | decode speed-up | images/s | peak RSS | load+TTFT |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for (preset, batch, side, mode), rs in sorted(groups.items()):
         if side != "ours":
             continue
@@ -147,17 +205,25 @@ def summarize(path: Path) -> str:
             h = {k: _median(ref, k) for k in METRICS}
             first_o = _median(rs, "load_s") + o["ttft_s"]
             first_h = _median(ref, "load_s") + h["ttft_s"]
-            lines.append(f"| {preset} | {batch} | {mode} | {ref_mode} | {o['ttft_s'] / h['ttft_s']:.2f}x | "
-                         f"{h['decode_ms_per_token'] / o['decode_ms_per_token']:.2f}x | {o['images_per_s'] / h['images_per_s']:.2f}x | "
-                         f"{o['peak_rss_gib'] / h['peak_rss_gib']:.2f}x | {first_o / first_h:.2f}x |")
+            lines.append(
+                f"| {preset} | {batch} | {mode} | {ref_mode} | {o['ttft_s'] / h['ttft_s']:.2f}x | "
+                f"{h['decode_ms_per_token'] / o['decode_ms_per_token']:.2f}x | {o['images_per_s'] / h['images_per_s']:.2f}x | "
+                f"{o['peak_rss_gib'] / h['peak_rss_gib']:.2f}x | {first_o / first_h:.2f}x |"
+            )
     lines += ["", "Top-1 parity of the greedy tokens (row 0, every run), ours vs transformers in the same dtype:", ""]
     lines += parity_lines(ok)
     cold = [r for r in records if r.get("cold") and "error" not in r]
     if cold:
         lines += ["", "Cold-ish first run (checkpoint evicted from the page cache): load s / TTFT s", ""]
-        lines += [f"- {r['preset']} batch {r['batch']} {r['side']} {r['mode']}: {r['load_s']:.2f} / {r['ttft_s']:.2f}" for r in cold]
-    lines += [f"- first int8 load of {r['preset']} (quantize + write the cache): {r['load_s']:.1f} s"
-              for r in records if r.get("warmup") and "load_s" in r]
+        lines += [
+            f"- {r['preset']} batch {r['batch']} {r['side']} {r['mode']}: {r['load_s']:.2f} / {r['ttft_s']:.2f}"
+            for r in cold
+        ]
+    lines += [
+        f"- first int8 load of {r['preset']} (quantize + write the cache): {r['load_s']:.1f} s"
+        for r in records
+        if r.get("warmup") and "load_s" in r
+    ]
     errors = [r for r in records if "error" in r]
     lines += [f"- ERROR {r['preset']} {r['side']} {r['mode']} batch {r['batch']}: {r['error']}" for r in errors]
     return "\n".join(lines)
@@ -175,7 +241,9 @@ def parity_lines(records: list[dict]) -> list[str]:
         ours = {tuple(r["tokens"][0]) for r in sides["ours"]}
         theirs = {tuple(r["tokens"][0]) for r in sides["hf"]}
         if len(ours) > 1 or len(theirs) > 1:
-            lines.append(f"- {preset} {mode}: runs disagree with themselves ({len(ours)} ours / {len(theirs)} transformers variants)")
+            lines.append(
+                f"- {preset} {mode}: runs disagree with themselves ({len(ours)} ours / {len(theirs)} transformers variants)"
+            )
         a, b = next(iter(ours)), next(iter(theirs))
         ra = next(r for r in sides["ours"] if tuple(r["tokens"][0]) == a)
         rb = next(r for r in sides["hf"] if tuple(r["tokens"][0]) == b)
@@ -188,20 +256,29 @@ def parity_lines(records: list[dict]) -> list[str]:
         margin = f"{top_h[0][1] - ours_in_h:.4f}" if ours_in_h is not None else "> top-5"
         lines.append(
             f"- {preset} {mode}: first {step} tokens identical, then ours {a[step]} vs transformers {b[step]}; "
-            f"transformers' top-5 there {top_h}, ours {top_o}; transformers' margin over our token {margin}")
+            f"transformers' top-5 there {top_h}, ours {top_o}; transformers' margin over our token {margin}"
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS), help="random-weight checkpoints to build/use")
-    parser.add_argument("--checkpoint", nargs="+", default=[], help="existing checkpoint directories instead of --presets")
+    parser.add_argument(
+        "--presets", nargs="+", default=list(DEFAULT_PRESETS), help="random-weight checkpoints to build/use"
+    )
+    parser.add_argument(
+        "--checkpoint", nargs="+", default=[], help="existing checkpoint directories instead of --presets"
+    )
     parser.add_argument("--modes", nargs="+", default=["bf16", "fp32", "int8"], choices=sorted(OURS_MODES))
     parser.add_argument("--batches", nargs="+", type=int, default=[1])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--cold", action="store_true", help="evict the checkpoint from the page cache before run 0 (reported apart)")
-    parser.add_argument("--root", type=Path, default=None, help="checkpoint cache (default: $PALI_BENCH_CACHE or ~/.cache/pali-bench)")
+    parser.add_argument(
+        "--cold", action="store_true", help="evict the checkpoint from the page cache before run 0 (reported apart)"
+    )
+    parser.add_argument(
+        "--root", type=Path, default=None, help="checkpoint cache (default: $PALI_BENCH_CACHE or ~/.cache/pali-bench)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON lines file to append to")
     parser.add_argument("--report", type=Path, default=None, help="only print the summary of an existing results file")
     args = parser.parse_args(argv)

@@ -42,7 +42,9 @@ def peak_rss_gib() -> float:
 def pixel_values(batch: int, size: int, seed: int):
     import torch
 
-    rows = [torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed + i)) * 2 - 1 for i in range(batch)]
+    rows = [
+        torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed + i)) * 2 - 1 for i in range(batch)
+    ]
     return torch.cat(rows)
 
 
@@ -128,11 +130,15 @@ def run_hf(args, t_start: float) -> dict:
 
     t_import = time.perf_counter()
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
-    model, info = PaliGemmaForConditionalGeneration.from_pretrained(args.checkpoint, dtype=dtype, output_loading_info=True)
+    model, info = PaliGemmaForConditionalGeneration.from_pretrained(
+        args.checkpoint, dtype=dtype, output_loading_info=True
+    )
     missing = [m for m in info.get("missing_keys", ()) if "lm_head" not in m]  # the head is tied
     if missing or info.get("unexpected_keys") or info.get("mismatched_keys"):
-        raise SystemExit(f"{args.checkpoint}: transformers reports missing {missing}, unexpected "
-                         f"{info.get('unexpected_keys')}, mismatched {info.get('mismatched_keys')}")
+        raise SystemExit(
+            f"{args.checkpoint}: transformers reports missing {missing}, unexpected "
+            f"{info.get('unexpected_keys')}, mismatched {info.get('mismatched_keys')}"
+        )
     model.eval()
     t_load = time.perf_counter()
     size = model.config.vision_config.image_size
@@ -156,8 +162,12 @@ def run_hf(args, t_start: float) -> dict:
     stamps = _Stamps()
     t0 = time.perf_counter()
     out = model.generate(
-        input_ids=input_ids, pixel_values=pixels, generation_config=config, streamer=stamps,
-        logits_processor=LogitsProcessorList([Record()]), **extra,
+        input_ids=input_ids,
+        pixel_values=pixels,
+        generation_config=config,
+        streamer=stamps,
+        logits_processor=LogitsProcessorList([Record()]),
+        **extra,
     )
     tokens = out[:, input_ids.shape[1] :].tolist()
     return _timings(args, t_start, t_import, t_load, t0, stamps.times, tokens, tops, weight_bytes(model))
@@ -170,7 +180,9 @@ def _score_hf(args, model, pixels, row) -> dict:
     ids = torch.tensor([row + generated])
     types = torch.tensor([[0] * len(row) + [1] * len(generated)])
     with torch.no_grad():
-        logits = model(input_ids=ids, pixel_values=pixels[:1], token_type_ids=types, attention_mask=torch.ones_like(ids)).logits[0]
+        logits = model(
+            input_ids=ids, pixel_values=pixels[:1], token_type_ids=types, attention_mask=torch.ones_like(ids)
+        ).logits[0]
     torch.save(logits[len(row) - 1 : -1].float().clone(), args.dump)
     return {"scored": len(generated)}
 

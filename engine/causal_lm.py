@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.checkpoints.weights import load_backbone
+from engine.generate import generate_tokens
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import WindowPolicy, load_config
-from engine.generate import generate_tokens
-from engine.runtime.optimize import optimize
 from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
-from engine.runtime.devices import resolve_device, resolve_dtype
-from engine.samplers import GreedySampler, get_sampler, make_generator
 from engine.processing.tokenizer import PaliGemmaTokenizer
-from engine.checkpoints.weights import load_backbone
+from engine.runtime.devices import resolve_device, resolve_dtype
+from engine.runtime.optimize import optimize
+from engine.samplers import GreedySampler, get_sampler, make_generator
 
 DEFAULT_SEQUENCE_LENGTH = 1024  # keras-hub's preprocessor default
 
@@ -76,7 +76,7 @@ class PaliGemmaCausalLM:
         cache_dir: str | Path | None = None,
         allow_download: bool = True,
         quantize: str | None = None,
-    ) -> "PaliGemmaCausalLM":
+    ) -> PaliGemmaCausalLM:
         """Load a preset name (see engine.checkpoints.presets), ``hf://owner/repo[@revision]`` or a local directory
         in Hugging Face layout. ``preprocessor=None`` skips the tokenizer (token-id API only).
         ``sliding_window``: "none" (as the models were trained) or "transformers" (its Gemma 2 window).
@@ -96,7 +96,9 @@ class PaliGemmaCausalLM:
         optimize(backbone)
         pre = None
         if preprocessor:
-            length = sequence_length or (info.sequence_length if info and info.sequence_length else DEFAULT_SEQUENCE_LENGTH)
+            length = sequence_length or (
+                info.sequence_length if info and info.sequence_length else DEFAULT_SEQUENCE_LENGTH
+            )
             pre = PaliGemmaCausalLMPreprocessor(PaliGemmaTokenizer.from_preset(directory), config.image_size, length)
         lm = cls(backbone, pre)
         lm.preset = info.name if info else str(preset)
@@ -105,7 +107,7 @@ class PaliGemmaCausalLM:
 
     # ------------------------------------------------------------------ settings
 
-    def compile(self, sampler: Any = "greedy") -> "PaliGemmaCausalLM":
+    def compile(self, sampler: Any = "greedy") -> PaliGemmaCausalLM:
         """Choose the sampler for later generate()/complete() calls (keras-hub's compile(sampler=))."""
         self.sampler = get_sampler(sampler)
         return self
@@ -149,7 +151,11 @@ class PaliGemmaCausalLM:
     def _pixel_values(self, images) -> torch.Tensor:
         """Raw images (PIL, HxWx3 arrays, paths), or already-preprocessed float[B, 3, R, R] in [-1, 1]."""
         size = self.backbone.config.image_size
-        if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4 and tuple(images.shape[1:]) == (3, size, size):
+        if (
+            isinstance(images, (torch.Tensor, np.ndarray))
+            and images.ndim == 4
+            and tuple(images.shape[1:]) == (3, size, size)
+        ):
             return torch.as_tensor(images, dtype=torch.float32)
         if self.preprocessor is not None:
             return self.preprocessor.preprocess_images(images)
@@ -213,7 +219,9 @@ class PaliGemmaCausalLM:
         if pixel_values.shape[0] == 1 and len(prompt_list) > 1:
             pixel_values = pixel_values.expand(len(prompt_list), -1, -1, -1)
         if pixel_values.shape[0] != len(prompt_list):
-            raise ValueError(f"got {pixel_values.shape[0]} images for {len(prompt_list)} prompts; pass one image per prompt")
+            raise ValueError(
+                f"got {pixel_values.shape[0]} images for {len(prompt_list)} prompts; pass one image per prompt"
+            )
         max_length = max_length or pre.sequence_length
         rows = [pre.encode_prompt(p) for p in prompt_list]
         for p, ids in zip(prompt_list, rows):

@@ -97,7 +97,9 @@ def stream_tokens(
         next_pos = next_pos + 1
 
 
-def generate_tokens(backbone, pixel_values, prompts, max_new_tokens, sample, stop_ids=(), vocab_limit=None) -> list[list[int]]:
+def generate_tokens(
+    backbone, pixel_values, prompts, max_new_tokens, sample, stop_ids=(), vocab_limit=None
+) -> list[list[int]]:
     """All new tokens per row (a stop token, when produced, is the last one)."""
     out: list[list[int]] = [[] for _ in prompts]
     for rows, tokens in stream_tokens(backbone, pixel_values, prompts, max_new_tokens, sample, stop_ids, vocab_limit):

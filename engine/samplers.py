@@ -79,9 +79,7 @@ def _check_temperature(temperature: object, where: str) -> float:
         or not math.isfinite(temperature)
         or temperature < 0
     ):
-        raise ValueError(
-            f"{where}: temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}"
-        )
+        raise ValueError(f"{where}: temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     return float(temperature)
 
 
@@ -118,9 +116,7 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=-1)
 
 
-def _draw(
-    scores: torch.Tensor, ids: torch.Tensor | None, generator: torch.Generator | None
-) -> torch.Tensor:
+def _draw(scores: torch.Tensor, ids: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
     """One categorical draw per row from softmax(scores); map positions back through `ids`.
 
     scores: float[B, C] (may hold -inf), ids: int64[B, C] or None when scores cover the whole vocab.
@@ -238,9 +234,7 @@ class Sampler(Protocol):
     @property
     def seed(self) -> int | None: ...
 
-    def __call__(
-        self, logits: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor: ...
+    def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -250,9 +244,7 @@ class GreedySampler:
     name: ClassVar[str] = "greedy"
     seed: ClassVar[None] = None  # nothing random; present so every sampler has a seed
 
-    def __call__(
-        self, logits: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_inputs(logits, generator, type(self).__name__)
         return logits.argmax(dim=-1)
 
@@ -272,9 +264,7 @@ class TopKSampler:
         _check_temperature(self.temperature, where)
         _check_seed(self.seed, where)
 
-    def __call__(
-        self, logits: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_top_k(logits, self.k, self.temperature, generator)
 
 
@@ -296,9 +286,7 @@ class TopPSampler:
         _check_temperature(self.temperature, where)
         _check_seed(self.seed, where)
 
-    def __call__(
-        self, logits: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_top_p(logits, self.p, self.k, self.temperature, generator)
 
 
@@ -315,15 +303,11 @@ class RandomSampler:
         _check_temperature(self.temperature, where)
         _check_seed(self.seed, where)
 
-    def __call__(
-        self, logits: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_random(logits, self.temperature, generator)
 
 
-_BY_NAME: dict[str, type] = {
-    cls.name: cls for cls in (GreedySampler, TopKSampler, TopPSampler, RandomSampler)
-}
+_BY_NAME: dict[str, type] = {cls.name: cls for cls in (GreedySampler, TopKSampler, TopPSampler, RandomSampler)}
 SAMPLER_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 
 
@@ -343,6 +327,5 @@ def get_sampler(spec: str | Sampler) -> Sampler:
     if isinstance(spec, Sampler):
         return spec
     raise TypeError(
-        f"sampler must be a name ({', '.join(SAMPLER_NAMES)}) or a sampler object, "
-        f"got {type(spec).__name__}"
+        f"sampler must be a name ({', '.join(SAMPLER_NAMES)}) or a sampler object, got {type(spec).__name__}"
     )

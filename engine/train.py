@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
+from engine.checkpoints.weights import save_backbone
 from engine.model.backbone import PaliGemmaBackbone
 from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
-from engine.checkpoints.weights import save_backbone
 
 if TYPE_CHECKING:
     from engine.causal_lm import PaliGemmaCausalLM
@@ -129,7 +129,9 @@ def next_token_targets(token_ids: torch.Tensor, response_mask: torch.Tensor) -> 
     return scored, targets
 
 
-def suffix_loss(backbone: PaliGemmaBackbone, hidden: torch.Tensor, token_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+def suffix_loss(
+    backbone: PaliGemmaBackbone, hidden: torch.Tensor, token_ids: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
     """Mean over examples of each example's mean cross-entropy on its response tokens.
 
     hidden float[B, T, H]: the backbone's final-norm text hidden states; only the scored positions
@@ -150,7 +152,9 @@ def suffix_loss(backbone: PaliGemmaBackbone, hidden: torch.Tensor, token_ids: to
 def compute_loss(backbone: PaliGemmaBackbone, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The training loss of a prepared batch (``pixel_values``, ``token_ids``, ``padding_mask``,
     ``response_mask``), with the prefix-LM mask: prompt bidirectional, response causal."""
-    hidden = backbone.text_hidden_states(batch["pixel_values"], batch["token_ids"], batch["padding_mask"], batch["response_mask"])
+    hidden = backbone.text_hidden_states(
+        batch["pixel_values"], batch["token_ids"], batch["padding_mask"], batch["response_mask"]
+    )
     return suffix_loss(backbone, hidden, batch["token_ids"], batch["response_mask"])
 
 
@@ -240,8 +244,10 @@ class _Batches:
         elif not isinstance(dataset, Iterable):
             raise TypeError(f"dataset must be a mapping or an iterable of mappings, got {type(dataset).__name__}")
         elif cfg.epochs > 1 and iter(dataset) is dataset:
-            raise ValueError("a one-shot iterator (e.g. a generator) cannot be read for several epochs; "
-                             "pass a list or an object whose __iter__ restarts, or use epochs=1")
+            raise ValueError(
+                "a one-shot iterator (e.g. a generator) cannot be read for several epochs; "
+                "pass a list or an object whose __iter__ restarts, or use epochs=1"
+            )
 
     @property
     def batch_size(self) -> int:
@@ -310,8 +316,10 @@ def _trainable(backbone: PaliGemmaBackbone, freeze: Sequence[str]) -> list[torch
     names = [n for n, _ in backbone.named_parameters()]
     for module in freeze:
         if not any(_under(n, module) for n in names):
-            raise ValueError(f"freeze entry {module!r} matches no parameter; name modules such as 'vision_tower', "
-                             "'projector', 'language_model.embed_tokens' or 'language_model.layers.0'")
+            raise ValueError(
+                f"freeze entry {module!r} matches no parameter; name modules such as 'vision_tower', "
+                "'projector', 'language_model.embed_tokens' or 'language_model.layers.0'"
+            )
     params = []
     for name, p in backbone.named_parameters():
         train = not any(_under(name, module) for module in freeze)
@@ -331,7 +339,7 @@ def make_optimizer(params: Sequence[torch.nn.Parameter], cfg: TrainConfig) -> to
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, betas=cfg.betas)
 
 
-def save_checkpoint(lm: "PaliGemmaCausalLM", directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+def save_checkpoint(lm: PaliGemmaCausalLM, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
     """config.json + model.safetensors + tokenizer.model in ``directory``, loadable by
     ``PaliGemmaCausalLM.from_preset(directory)``. Files are written next to it first and moved in,
     so an interrupted save never leaves a half-written checkpoint behind."""
@@ -351,7 +359,7 @@ def save_checkpoint(lm: "PaliGemmaCausalLM", directory: str | Path, dtype: torch
 
 
 def fit(
-    lm: "PaliGemmaCausalLM",
+    lm: PaliGemmaCausalLM,
     dataset: Any,
     config: TrainConfig | None = None,
     *,
@@ -373,8 +381,11 @@ def fit(
     params = _trainable(backbone, cfg.freeze)
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg.warmup_steps, total, cfg.schedule))
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-                if cfg.precision == "bfloat16" else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if cfg.precision == "bfloat16"
+        else contextlib.nullcontext()
+    )
     losses: list[float] = []
     epoch_losses: list[float] = []
     start = time.perf_counter()
@@ -387,8 +398,10 @@ def fit(
                 with autocast:
                     loss = compute_loss(backbone, batch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss.item()} at step {len(losses) + 1}; "
-                                             "lower learning_rate or train in float32")
+                    raise FloatingPointError(
+                        f"the loss became {loss.item()} at step {len(losses) + 1}; "
+                        "lower learning_rate or train in float32"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
@@ -398,7 +411,11 @@ def fit(
                 scheduler.step()
                 losses.append(loss.item())
                 if callback is not None:
-                    callback(StepReport(len(losses), total, epoch, losses[-1], lr, float(grad_norm), time.perf_counter() - start))
+                    callback(
+                        StepReport(
+                            len(losses), total, epoch, losses[-1], lr, float(grad_norm), time.perf_counter() - start
+                        )
+                    )
                 if cfg.checkpoint_every and len(losses) % cfg.checkpoint_every == 0:
                     save_checkpoint(lm, cfg.checkpoint_dir)
             epoch_losses.append(sum(losses[first:]) / max(1, len(losses) - first))

@@ -133,7 +133,9 @@ def caption(images: Images = None, lang: Lang = "en", *, opts: RunOptions) -> No
 @run_options
 def ask(
     images: Images = None,
-    question: Annotated[str, typer.Argument(metavar="QUESTION", help="The question, in quotes.", show_default=False)] = "",
+    question: Annotated[
+        str, typer.Argument(metavar="QUESTION", help="The question, in quotes.", show_default=False)
+    ] = "",
     lang: Lang = "en",
     *,
     opts: RunOptions,
@@ -148,7 +150,10 @@ def ask(
 @run_options
 def detect(
     images: Images = None,
-    objects: Annotated[str, typer.Argument(metavar="OBJECTS", help='What to find, separated by ";": "car ; person".', show_default=False)] = "",
+    objects: Annotated[
+        str,
+        typer.Argument(metavar="OBJECTS", help='What to find, separated by ";": "car ; person".', show_default=False),
+    ] = "",
     *,
     opts: RunOptions,
 ) -> None:
@@ -171,7 +176,12 @@ def ocr(images: Images = None, *, opts: RunOptions) -> None:
 @run_options
 def prompt(
     images: Images = None,
-    text: Annotated[str, typer.Argument(metavar="PROMPT", help='A raw PaliGemma prompt, e.g. "describe en" or "segment cat".', show_default=False)] = "",
+    text: Annotated[
+        str,
+        typer.Argument(
+            metavar="PROMPT", help='A raw PaliGemma prompt, e.g. "describe en" or "segment cat".', show_default=False
+        ),
+    ] = "",
     *,
     opts: RunOptions,
 ) -> None:

@@ -43,7 +43,7 @@ class Cmd:
     help: str
     options: list[Opt] = field(default_factory=list)
     arg_values: str | list[str] = FILES  # what positional arguments complete to
-    subcommands: list["Cmd"] = field(default_factory=list)
+    subcommands: list[Cmd] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- reading the app
@@ -91,7 +91,9 @@ def _read(command: Any, name: str, path: tuple[str, ...]) -> Cmd:
             continue
         flag = bool(getattr(param, "is_flag", False))
         values = FREE if flag else _values(param, path)
-        cmd.options.append(Opt(sorted(param.opts + param.secondary_opts, key=len), _short_help(param.help), flag, values))
+        cmd.options.append(
+            Opt(sorted(param.opts + param.secondary_opts, key=len), _short_help(param.help), flag, values)
+        )
     cmd.options.append(Opt(["-h", "--help"], "Show help and exit", True))
     for sub_name, sub in getattr(command, "commands", {}).items():
         if not sub.hidden:
@@ -194,7 +196,13 @@ def _zq(text: str) -> str:
 def _zsh_action(values: str | list[str]) -> str:
     if isinstance(values, list):
         return "(" + " ".join(values) + ")"
-    return {FILES: "_files", DIRS: "_files -/", PRESETS: "__pali_preset_names", PRESETS_OR_DIRS: "__pali_preset_or_dir", FREE: " "}[values]
+    return {
+        FILES: "_files",
+        DIRS: "_files -/",
+        PRESETS: "__pali_preset_names",
+        PRESETS_OR_DIRS: "__pali_preset_or_dir",
+        FREE: " ",
+    }[values]
 
 
 def _zsh_function(cmd: Cmd, fname: str) -> list[str]:
@@ -210,7 +218,7 @@ def _zsh_function(cmd: Cmd, fname: str) -> list[str]:
             specs.append(f"'{names}[{_zq(opt.help)}]{value}'")
     if cmd.subcommands:
         specs += ["'1: :->command'", "'*:: :->args'"]
-        lines.append("    local curcontext=\"$curcontext\" state line")
+        lines.append('    local curcontext="$curcontext" state line')
         lines.append("    _arguments -C \\")
     else:
         specs.append(f"'*: :{_zsh_action(cmd.arg_values)}'")
@@ -290,7 +298,9 @@ def render_fish(tree: Cmd, presets: list[str]) -> str:
     for opt in tree.options:
         out.append(_fish_option("not __fish_seen_subcommand_from " + top, opt))
     for cmd in tree.subcommands:
-        out.append(f"complete -c pali -n {_fq('not __fish_seen_subcommand_from ' + top)} -a {cmd.name} -d {_fq(cmd.help)}")
+        out.append(
+            f"complete -c pali -n {_fq('not __fish_seen_subcommand_from ' + top)} -a {cmd.name} -d {_fq(cmd.help)}"
+        )
     for cmd in tree.subcommands:
         if not cmd.subcommands:
             cond = f"__fish_seen_subcommand_from {cmd.name}"
@@ -324,7 +334,12 @@ def render(shell: str) -> str:
 
 
 def stale_files(directory: Path = REPO_DIR) -> list[Path]:
-    return [directory / FILENAMES[s] for s in SHELLS if not (directory / FILENAMES[s]).is_file() or (directory / FILENAMES[s]).read_text(encoding="utf-8") != render(s)]
+    return [
+        directory / FILENAMES[s]
+        for s in SHELLS
+        if not (directory / FILENAMES[s]).is_file()
+        or (directory / FILENAMES[s]).read_text(encoding="utf-8") != render(s)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,8 @@ silences everything here except fatal errors.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -99,7 +99,9 @@ class Reporter:
         )
         # transient: the finished bar gives way to the one-line summary. No stdout redirection:
         # rich would otherwise send results printed on stdout to the console, i.e. to stderr.
-        with Progress(*columns, console=self.console, transient=True, redirect_stdout=False, redirect_stderr=False) as progress:
+        with Progress(
+            *columns, console=self.console, transient=True, redirect_stdout=False, redirect_stderr=False
+        ) as progress:
             yield ProgressHandle(progress, description, total)
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Iterable, Sequence
 
 # Formats PIL reads out of the box; HEIC and AVIF are added when a plugin (or PIL itself) reads them.
 BASE_EXTENSIONS = frozenset(

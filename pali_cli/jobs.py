@@ -7,8 +7,9 @@ used when one image is printed to a terminal.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pali_cli.errors import UsageProblem
 from pali_cli.records import Record
@@ -72,7 +73,9 @@ def raw_job(prompt: str) -> Job:
     if not text:
         raise UsageProblem("the prompt is empty; e.g. 'caption en', 'ocr' or 'detect cat ; dog'")
     if "\n" in text:
-        raise UsageProblem("the prompt has a line break inside; PaliGemma prompts are one line (the newline ends the prompt)")
+        raise UsageProblem(
+            "the prompt has a line break inside; PaliGemma prompts are one line (the newline ends the prompt)"
+        )
     return Job("prompt", text + "\n")
 
 
@@ -85,9 +88,7 @@ def _detection_extras(text: str, size: tuple[int, int]) -> dict[str, Any]:
 
 def _render_detections(record: Record) -> str | None:
     # One object per line, tab-separated: label, then x_min y_min x_max y_max in pixels.
-    rows = [
-        "\t".join([d["label"], *(str(round(v)) for v in d["box"])]) for d in record.extra.get("detections", [])
-    ]
+    rows = ["\t".join([d["label"], *(str(round(v)) for v in d["box"])]) for d in record.extra.get("detections", [])]
     return "\n".join(rows) if rows else None
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -53,11 +54,11 @@ class Quantize(str, Enum):
 # ----------------------------------------------------------------------------- option aliases
 
 Images = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(
         metavar="IMAGES",
         show_default=False,
-        help="Image files, directories and quoted globs such as \"photos/**/*.jpg\".",
+        help='Image files, directories and quoted globs such as "photos/**/*.jpg".',
     ),
 ]
 Lang = Annotated[str, typer.Option("--lang", "-l", help="Language code of the output, e.g. en, fr, de, zh.")]
@@ -66,7 +67,7 @@ Recursive = Annotated[
     bool, typer.Option("--recursive", "-r", help="Also take images in subdirectories.", rich_help_panel=INPUT)
 ]
 FilesFrom = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--files-from",
         metavar="FILE",
@@ -75,7 +76,7 @@ FilesFrom = Annotated[
     ),
 ]
 Output = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--output",
         "-o",
@@ -100,14 +101,16 @@ Quiet = Annotated[
 ]
 Sidecar = Annotated[
     bool,
-    typer.Option("--sidecar", help="Write the text to a file next to each image (a.jpg -> a.txt).", rich_help_panel=SIDECAR),
+    typer.Option(
+        "--sidecar", help="Write the text to a file next to each image (a.jpg -> a.txt).", rich_help_panel=SIDECAR
+    ),
 ]
 SidecarExt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--sidecar-ext", metavar="EXT", help="Sidecar extension.  \\[default: .txt]", rich_help_panel=SIDECAR),
 ]
 OnExistingOpt = Annotated[
-    Optional[OnExisting],
+    OnExisting | None,
     typer.Option(
         "--on-existing",
         case_sensitive=False,
@@ -116,13 +119,15 @@ OnExistingOpt = Annotated[
     ),
 ]
 Prefix = Annotated[
-    Optional[str], typer.Option("--prefix", metavar="TEXT", help="Text put before the sidecar text.", rich_help_panel=SIDECAR)
+    str | None,
+    typer.Option("--prefix", metavar="TEXT", help="Text put before the sidecar text.", rich_help_panel=SIDECAR),
 ]
 Suffix = Annotated[
-    Optional[str], typer.Option("--suffix", metavar="TEXT", help="Text put after the sidecar text.", rich_help_panel=SIDECAR)
+    str | None,
+    typer.Option("--suffix", metavar="TEXT", help="Text put after the sidecar text.", rich_help_panel=SIDECAR),
 ]
 Preset = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--preset",
         "-p",
@@ -134,7 +139,7 @@ Preset = Annotated[
     ),
 ]
 CacheDir = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--cache-dir",
         metavar="DIR",
@@ -147,11 +152,23 @@ CacheDir = Annotated[
 ]
 DeviceOpt = Annotated[
     Device,
-    typer.Option("--device", envvar="PALI_DEVICE", show_envvar=True, case_sensitive=False, help="Where to run the model.", rich_help_panel=MODEL),
+    typer.Option(
+        "--device",
+        envvar="PALI_DEVICE",
+        show_envvar=True,
+        case_sensitive=False,
+        help="Where to run the model.",
+        rich_help_panel=MODEL,
+    ),
 ]
 DTypeOpt = Annotated[
     DType,
-    typer.Option("--dtype", case_sensitive=False, help="Weight precision (auto: bfloat16 where fast, else float32).", rich_help_panel=MODEL),
+    typer.Option(
+        "--dtype",
+        case_sensitive=False,
+        help="Weight precision (auto: bfloat16 where fast, else float32).",
+        rich_help_panel=MODEL,
+    ),
 ]
 QuantizeOpt = Annotated[
     Quantize,
@@ -166,17 +183,22 @@ QuantizeOpt = Annotated[
     ),
 ]
 Threads = Annotated[
-    Optional[int], typer.Option("--threads", min=1, help="CPU threads for the model.", rich_help_panel=MODEL)
+    int | None, typer.Option("--threads", min=1, help="CPU threads for the model.", rich_help_panel=MODEL)
 ]
 BatchSize = Annotated[
     int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.", rich_help_panel=MODEL)
 ]
 MaxTokens = Annotated[
-    Optional[int],
-    typer.Option("--max-tokens", min=1, help="Most tokens to generate per image.  \\[default: 128; 256 for ocr and detect]", rich_help_panel=GENERATION),
+    int | None,
+    typer.Option(
+        "--max-tokens",
+        min=1,
+        help="Most tokens to generate per image.  \\[default: 128; 256 for ocr and detect]",
+        rich_help_panel=GENERATION,
+    ),
 ]
 SamplerOpt = Annotated[
-    Optional[Sampler],
+    Sampler | None,
     typer.Option(
         "--sampler",
         case_sensitive=False,
@@ -185,16 +207,24 @@ SamplerOpt = Annotated[
     ),
 ]
 Temperature = Annotated[
-    Optional[float], typer.Option("--temperature", help="Sampling temperature (> 0).  \\[default: 1.0]", rich_help_panel=GENERATION)
+    float | None,
+    typer.Option("--temperature", help="Sampling temperature (> 0).  \\[default: 1.0]", rich_help_panel=GENERATION),
 ]
 TopK = Annotated[
-    Optional[int], typer.Option("--top-k", min=1, help="Sample among the k likeliest tokens.  \\[default: 50]", rich_help_panel=GENERATION)
+    int | None,
+    typer.Option(
+        "--top-k", min=1, help="Sample among the k likeliest tokens.  \\[default: 50]", rich_help_panel=GENERATION
+    ),
 ]
 TopP = Annotated[
-    Optional[float],
-    typer.Option("--top-p", help="Sample from the smallest set of tokens with this total probability (0 < p <= 1).  \\[default: 0.9]", rich_help_panel=GENERATION),
+    float | None,
+    typer.Option(
+        "--top-p",
+        help="Sample from the smallest set of tokens with this total probability (0 < p <= 1).  \\[default: 0.9]",
+        rich_help_panel=GENERATION,
+    ),
 ]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.", rich_help_panel=GENERATION)]
+Seed = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.", rich_help_panel=GENERATION)]
 
 
 @dataclass(frozen=True)
@@ -245,17 +275,34 @@ class RunOptions:
         if self.overwrite and self.retry_failed:
             raise UsageProblem("--overwrite and --retry-failed contradict each other; choose one")
         if not self.sidecar:
-            given = [flag for flag, v in (("--sidecar-ext", self.sidecar_ext), ("--on-existing", self.on_existing), ("--prefix", self.prefix), ("--suffix", self.suffix)) if v is not None]
+            given = [
+                flag
+                for flag, v in (
+                    ("--sidecar-ext", self.sidecar_ext),
+                    ("--on-existing", self.on_existing),
+                    ("--prefix", self.prefix),
+                    ("--suffix", self.suffix),
+                )
+                if v is not None
+            ]
             if given:
                 raise UsageProblem(f"{', '.join(given)} only shape sidecar files; add --sidecar")
         if self.temperature is not None and not self.temperature > 0:
-            raise UsageProblem(f"--temperature must be greater than 0, got {self.temperature:g}; use --sampler greedy for deterministic output")
+            raise UsageProblem(
+                f"--temperature must be greater than 0, got {self.temperature:g}; use --sampler greedy for deterministic output"
+            )
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageProblem(f"--top-p must be in (0, 1], got {self.top_p:g}")
         if self.sampler is Sampler.greedy:
-            given = [flag for flag, v in (("--temperature", self.temperature), ("--top-k", self.top_k), ("--top-p", self.top_p)) if v is not None]
+            given = [
+                flag
+                for flag, v in (("--temperature", self.temperature), ("--top-k", self.top_k), ("--top-p", self.top_p))
+                if v is not None
+            ]
             if given:
-                raise UsageProblem(f"{', '.join(given)} only apply to sampling; drop them or pick --sampler top-k, top-p or random")
+                raise UsageProblem(
+                    f"{', '.join(given)} only apply to sampling; drop them or pick --sampler top-k, top-p or random"
+                )
 
     def sampler_choice(self) -> SamplerChoice:
         """Explicit ``--sampler`` wins; otherwise ``--top-p`` implies top-p, ``--top-k`` top-k and a

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -24,7 +24,7 @@ presets_app = typer.Typer(
 )
 
 Name = Annotated[
-    Optional[str],
+    str | None,
     typer.Argument(
         metavar="NAME",
         envvar="PALI_PRESET",
@@ -32,7 +32,9 @@ Name = Annotated[
         help="Preset name or alias, or hf://owner/repo[@revision].  \\[default: the default preset]",
     ),
 ]
-RequiredName = Annotated[str, typer.Argument(metavar="NAME", help="Preset name or alias, or hf://owner/repo[@revision].")]
+RequiredName = Annotated[
+    str, typer.Argument(metavar="NAME", help="Preset name or alias, or hf://owner/repo[@revision].")
+]
 
 
 def _spec(name: str | None) -> str:
@@ -110,8 +112,21 @@ def list_command(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(box=None, pad_edge=False, header_style="bold", caption="* default preset (PALI_PRESET overrides it)", caption_justify="left")
-    for column, justify in (("name", "left"), ("family", "left"), ("size", "right"), ("resolution", "right"), ("downloaded", "center"), ("on disk", "right")):
+    table = Table(
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+        caption="* default preset (PALI_PRESET overrides it)",
+        caption_justify="left",
+    )
+    for column, justify in (
+        ("name", "left"),
+        ("family", "left"),
+        ("size", "right"),
+        ("resolution", "right"),
+        ("downloaded", "center"),
+        ("on disk", "right"),
+    ):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in rows:
         name = r["name"] + (" *" if r["default"] else "")
@@ -133,7 +148,6 @@ def list_command(
 def download_command(name: Name = None, cache_dir: CacheDir = None, quiet: Quiet = False) -> None:
     """Download a preset (the default one without NAME) and print its directory."""
     from engine.checkpoints import hub
-
     from pali_cli.console import Reporter
 
     reporter = Reporter(quiet)
@@ -148,7 +162,6 @@ def download_command(name: Name = None, cache_dir: CacheDir = None, quiet: Quiet
 def rm_command(name: RequiredName, cache_dir: CacheDir = None, quiet: Quiet = False) -> None:
     """Delete a downloaded preset from pali's cache (the shared Hugging Face cache is left alone)."""
     from engine.checkpoints import hub
-
     from pali_cli.console import Reporter
 
     reporter = Reporter(quiet)
@@ -156,14 +169,19 @@ def rm_command(name: RequiredName, cache_dir: CacheDir = None, quiet: Quiet = Fa
     if freed:
         reporter.info(f"Removed {name} ({format_bytes(freed)} freed).")
     elif _hub_call(hub.is_cached, name, cache_dir):
-        reporter.warn(f"{name} is in the shared Hugging Face cache, which pali does not delete from (use `hf cache delete`)")
+        reporter.warn(
+            f"{name} is in the shared Hugging Face cache, which pali does not delete from (use `hf cache delete`)"
+        )
     else:
         reporter.info(f"{name} is not downloaded; nothing to remove.")
 
 
 @presets_app.command("path")
 def path_command(
-    name: Annotated[Optional[str], typer.Argument(metavar="[NAME]", show_default=False, help="A preset; without it, the cache directory.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Argument(metavar="[NAME]", show_default=False, help="A preset; without it, the cache directory."),
+    ] = None,
     cache_dir: CacheDir = None,
 ) -> None:
     """Print the cache directory, or the directory of a downloaded preset."""

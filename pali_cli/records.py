@@ -27,9 +27,10 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from pali_cli.errors import PaliError
 
@@ -155,7 +156,9 @@ class ResultsFile:
             json.loads(tail)
         except ValueError:
             os.truncate(self.path, cut)
-            self._warn(f"{self.path}: removed an incomplete last record left by an interrupted run; that image will be redone")
+            self._warn(
+                f"{self.path}: removed an incomplete last record left by an interrupted run; that image will be redone"
+            )
             return data[:cut]
         with open(self.path, "ab") as f:  # a whole record that only lacks its newline
             f.write(b"\n")

@@ -85,7 +85,10 @@ def collect_inputs(args: list[str], opts: RunOptions, reporter: Reporter) -> Exp
     if expansion.found == 0:
         named = expansion.missing + expansion.empty
         what = ", ".join(repr(n) for n in named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
-        raise NoInput(f"no images found: nothing matches {what}" if named else "no images found: the list is empty", hint=hint or _extensions_hint())
+        raise NoInput(
+            f"no images found: nothing matches {what}" if named else "no images found: the list is empty",
+            hint=hint or _extensions_hint(),
+        )
     for pattern in expansion.empty:
         reporter.warn(f"no images match {pattern!r}")
     if hint:
@@ -156,7 +159,9 @@ def _plan(
         kept_failures = sum(1 for p in paths if status.get(keys[p]) is False)
         todo = [p for p in paths if keys[p] not in status]
         if (done or kept_failures) and todo:
-            reporter.info(f"Resuming {opts.output}: {done + kept_failures} of {plural(len(paths), 'image')} already recorded, {len(todo)} to go.")
+            reporter.info(
+                f"Resuming {opts.output}: {done + kept_failures} of {plural(len(paths), 'image')} already recorded, {len(todo)} to go."
+            )
         if kept_failures:
             reporter.warn(f"{plural(kept_failures, 'image')} failed in an earlier run; add --retry-failed to redo them")
     if sidecar is not None and sidecar.on_existing is OnExisting.skip:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Iterable
 
 from pali_cli.errors import UsageProblem
 from pali_cli.inputs import image_extensions

@@ -44,7 +44,9 @@ class CheckpointFactory:
         key = (spec, seed, naming, shards, str(dtype))
         if key not in self._dirs:
             path = self.root / f"ckpt{len(self._dirs)}"
-            self._dirs[key] = save_checkpoint(self.reference(spec, seed), path, naming=naming, shards=shards, dtype=dtype)
+            self._dirs[key] = save_checkpoint(
+                self.reference(spec, seed), path, naming=naming, shards=shards, dtype=dtype
+            )
         return self._dirs[key]
 
 

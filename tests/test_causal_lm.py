@@ -32,7 +32,9 @@ def test_single_and_batched_prompts(lm):
     assert isinstance(out, str) and out.startswith("caption en\n")
     stripped = lm.generate({"images": img, "text": "caption en\n"}, max_length=20, strip_prompt=True)
     assert out == "caption en\n" + stripped
-    batch = lm.generate({"images": [img, _image(1)], "text": ["caption en\n", "answer en what is it?\n"]}, max_length=20)
+    batch = lm.generate(
+        {"images": [img, _image(1)], "text": ["caption en\n", "answer en what is it?\n"]}, max_length=20
+    )
     assert isinstance(batch, list) and batch[0] == out
 
 
@@ -75,7 +77,9 @@ def test_generate_without_preprocessor_fills_after_the_prompt(checkpoints, lm):
     token_ids[:, : len(prompt)] = prompt
     padding_mask[:, : len(prompt)] = True
     img = np.asarray(_image(), dtype=np.uint8)
-    out = raw.generate({"images": [img, img], "token_ids": token_ids, "padding_mask": padding_mask}, stop_token_ids=None)
+    out = raw.generate(
+        {"images": [img, img], "token_ids": token_ids, "padding_mask": padding_mask}, stop_token_ids=None
+    )
     assert isinstance(out["token_ids"], np.ndarray) and out["token_ids"].shape == (2, t)
     assert (out["token_ids"][:, : len(prompt)] == prompt).all() and out["padding_mask"].all()
     expected = lm.complete([_image()], ["caption en"], max_new_tokens=8, stop_token_ids=None)[0].token_ids
@@ -94,7 +98,9 @@ def test_image_inputs_of_every_kind_agree(lm, tmp_path):
         "path": lm.generate({"images": str(path), "text": "caption en"}, max_length=16),
         "uint8": lm.generate({"images": arr, "text": "caption en"}, max_length=16),
         "float01": lm.generate({"images": arr.astype(np.float32) / 255.0, "text": "caption en"}, max_length=16),
-        "pixels": lm.generate({"images": lm.preprocessor.preprocess_images([img]), "text": "caption en"}, max_length=16),
+        "pixels": lm.generate(
+            {"images": lm.preprocessor.preprocess_images([img]), "text": "caption en"}, max_length=16
+        ),
     }
     assert len(set(outs.values())) == 1, outs
 
@@ -124,7 +130,14 @@ def test_padding_rows_of_the_embedding_are_never_generated(checkpoints, tmp_path
     save_file(tensors, path / "model.safetensors")
     raw = PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu", preprocessor=None)
     prompt = [2, 10, 20, 4]
-    out = raw.generate({"images": [_image()], "token_ids": np.array([prompt + [0] * 6]), "padding_mask": np.array([[1] * 4 + [0] * 6])}, stop_token_ids=None)
+    out = raw.generate(
+        {
+            "images": [_image()],
+            "token_ids": np.array([prompt + [0] * 6]),
+            "padding_mask": np.array([[1] * 4 + [0] * 6]),
+        },
+        stop_token_ids=None,
+    )
     assert (out["token_ids"][0, 4:] >= TOKENIZER_VOCAB).any(), "the inflated rows should win without a tokenizer"
     lm = PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu")
     [c] = lm.complete([_image()], ["caption en"], max_new_tokens=6, stop_token_ids=None)
@@ -133,7 +146,9 @@ def test_padding_rows_of_the_embedding_are_never_generated(checkpoints, tmp_path
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precisions_run_and_stay_close_to_float32(checkpoints, lm, dtype):
-    half = PaliGemmaCausalLM.from_preset(checkpoints.checkpoint(SPEC), dtype=str(dtype).removeprefix("torch."), device="cpu")
+    half = PaliGemmaCausalLM.from_preset(
+        checkpoints.checkpoint(SPEC), dtype=str(dtype).removeprefix("torch."), device="cpu"
+    )
     assert half.dtype == dtype
     pixels = lm.preprocessor.preprocess_images([_image()])
     ids = torch.tensor([lm.preprocessor.encode_prompt("caption en")])

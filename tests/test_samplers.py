@@ -82,9 +82,7 @@ def test_shape_dtype_and_device(name: str) -> None:
 
 
 def test_greedy_is_argmax_per_row() -> None:
-    logits = torch.tensor(
-        [[0.1, 3.0, -1.0, 2.9], [5.0, -math.inf, 4.0, 0.0], [-1.0, -2.0, -3.0, 9.0]]
-    )
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.9], [5.0, -math.inf, 4.0, 0.0], [-1.0, -2.0, -3.0, 9.0]])
     assert greedy(logits).tolist() == [1, 0, 3]
     assert GreedySampler()(logits, None).tolist() == [1, 0, 3]
 

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from engine import PaliGemmaBackbone, PaliGemmaCausalLM, PaliGemmaCausalLMPreprocessor, PaliGemmaTokenizer
 from engine.model.config import PaliGemmaConfig, TextConfig, VisionConfig
-from engine.train import compute_loss, next_token_targets, prepare_batch, suffix_loss
-from engine.train import _lr_factor
+from engine.train import _lr_factor, compute_loss, next_token_targets, prepare_batch, suffix_loss
 from tests.helpers.checkpoints import MODEL_VOCAB
 from tests.helpers.tiny_tokenizer import train_tiny_tokenizer
 
@@ -28,9 +27,21 @@ def tiny_lm(tokenizer, variant: str = "gemma2", seed: int = 0) -> PaliGemmaCausa
     torch.manual_seed(seed)
     extra = dict(attn_logit_softcap=50.0, final_logit_softcap=30.0) if variant == "gemma2" else {}
     config = PaliGemmaConfig(
-        vision=VisionConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, image_size=IMAGE, patch_size=7),
-        text=TextConfig(variant=variant, vocab_size=MODEL_VOCAB, hidden_size=64, intermediate_size=128, num_layers=2,
-                        num_heads=4, num_kv_heads=2, head_dim=16, query_pre_attn_scalar=16.0, **extra),
+        vision=VisionConfig(
+            hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, image_size=IMAGE, patch_size=7
+        ),
+        text=TextConfig(
+            variant=variant,
+            vocab_size=MODEL_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=16.0,
+            **extra,
+        ),
     )
     backbone = PaliGemmaBackbone(config)
     with torch.no_grad():  # unit-scale inputs and logits (N(0, 1) rows would start the loss near 30)
@@ -69,7 +80,9 @@ def test_loss_equals_cross_entropy_on_the_answer_tokens_only(tokenizer):
     for row, (prefix, suffix) in enumerate(zip(EXAMPLES["prefixes"], EXAMPLES["suffixes"])):
         prompt_len = len(pre.encode_prompt(prefix))
         answer = tokenizer.tokenize(suffix) + [tokenizer.end_token_id]
-        terms = [F.cross_entropy(logits[row, prompt_len - 1 + k][None], torch.tensor([tok])) for k, tok in enumerate(answer)]
+        terms = [
+            F.cross_entropy(logits[row, prompt_len - 1 + k][None], torch.tensor([tok])) for k, tok in enumerate(answer)
+        ]
         per_example.append(sum(terms) / len(terms))
     torch.testing.assert_close(loss, sum(per_example) / len(per_example))
 
@@ -77,7 +90,9 @@ def test_loss_equals_cross_entropy_on_the_answer_tokens_only(tokenizer):
 def test_prefix_tokens_carry_no_loss(tokenizer):
     lm = tiny_lm(tokenizer)
     batch = prepare_batch(lm.preprocessor, EXAMPLES["images"], EXAMPLES["prefixes"], EXAMPLES["suffixes"])
-    hidden = lm.backbone.text_hidden_states(batch["pixel_values"], batch["token_ids"], batch["padding_mask"], batch["response_mask"])
+    hidden = lm.backbone.text_hidden_states(
+        batch["pixel_values"], batch["token_ids"], batch["padding_mask"], batch["response_mask"]
+    )
     hidden = hidden.detach().requires_grad_(True)
     loss = suffix_loss(lm.backbone, hidden, batch["token_ids"], batch["response_mask"])
     loss.backward()
@@ -87,7 +102,9 @@ def test_prefix_tokens_carry_no_loss(tokenizer):
     assert torch.all(grad_norm[scored] > 0)
     # Whatever the model predicts at those positions is irrelevant to the loss.
     noisy = hidden.detach() + 100 * torch.randn_like(hidden) * (~scored)[..., None]
-    torch.testing.assert_close(suffix_loss(lm.backbone, noisy, batch["token_ids"], batch["response_mask"]), loss.detach())
+    torch.testing.assert_close(
+        suffix_loss(lm.backbone, noisy, batch["token_ids"], batch["response_mask"]), loss.detach()
+    )
 
 
 @pytest.mark.parametrize("variant", ["gemma", "gemma2"])
@@ -100,7 +117,9 @@ def test_training_forward_is_prefix_lm(tokenizer, variant):
 
     def hidden(ids):
         with torch.no_grad():
-            return lm.backbone.text_hidden_states(batch["pixel_values"], ids, batch["padding_mask"], batch["response_mask"])[0]
+            return lm.backbone.text_hidden_states(
+                batch["pixel_values"], ids, batch["padding_mask"], batch["response_mask"]
+            )[0]
 
     base = hidden(batch["token_ids"])
     later_answer = batch["token_ids"].clone()
@@ -137,12 +156,18 @@ def test_fit_overfits_a_handful_of_examples_and_generates_them(tokenizer):
 def test_checkpoint_reloads_to_the_same_model(tokenizer, tmp_path):
     lm = tiny_lm(tokenizer)
     lm.fit(EXAMPLES, epochs=2, batch_size=2, learning_rate=1e-3, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1)
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.model",
+    ]
     assert not (tmp_path / "ckpt.partial").exists()
     again = PaliGemmaCausalLM.from_preset(tmp_path / "ckpt", dtype="float32", device="cpu")
     batch = prepare_batch(lm.preprocessor, EXAMPLES["images"], EXAMPLES["prefixes"], EXAMPLES["suffixes"])
     with torch.no_grad():  # from_preset may pick other matmul kernels: equal up to rounding
-        torch.testing.assert_close(compute_loss(again.backbone, batch), compute_loss(lm.backbone, batch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            compute_loss(again.backbone, batch), compute_loss(lm.backbone, batch), rtol=1e-5, atol=1e-5
+        )
     assert again.preprocessor.tokenizer.tokenize("a green square") == tokenizer.tokenize("a green square")
 
 

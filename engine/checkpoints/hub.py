@@ -41,18 +41,39 @@ from engine.checkpoints.hub_errors import (  # noqa: F401  (re-exported: callers
 from engine.checkpoints.presets import Preset, UnknownPresetError, get_preset, list_presets
 
 __all__ = [
-    "ALLOW_PATTERNS", "DOWNLOAD_COMMAND", "HubSource",
-    "ModelUnavailableError", "AccessDeniedError", "AuthenticationRequiredError", "DownloadInterruptedError",
-    "LocalModelError", "ModelNotFoundError", "OfflineError", "UnsupportedCheckpointError",
-    "cached_presets", "default_cache_dir", "download", "hf_cache_dir", "is_cached", "parse_spec", "remove",
-    "resolve", "size_on_disk",
+    "ALLOW_PATTERNS",
+    "DOWNLOAD_COMMAND",
+    "HubSource",
+    "ModelUnavailableError",
+    "AccessDeniedError",
+    "AuthenticationRequiredError",
+    "DownloadInterruptedError",
+    "LocalModelError",
+    "ModelNotFoundError",
+    "OfflineError",
+    "UnsupportedCheckpointError",
+    "cached_presets",
+    "default_cache_dir",
+    "download",
+    "hf_cache_dir",
+    "is_cached",
+    "parse_spec",
+    "remove",
+    "resolve",
+    "size_on_disk",
 ]
 
 # Everything a pali checkpoint needs, and nothing that could be a pickle.
 ALLOW_PATTERNS: tuple[str, ...] = (
-    "config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.model",
-    "generation_config.json", "preprocessor_config.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json",
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.model",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
 )
 _PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
 
@@ -157,11 +178,13 @@ def _parse_hub_uri(text: str) -> HubSource:
     try:
         uri = parse_hf_uri(text)
     except HfUriError as error:
-        raise ModelNotFoundError(f"{text!r} is not a valid Hub model address ({error}); "
-                                 "write hf://owner/repo or hf://owner/repo@revision.") from None
+        raise ModelNotFoundError(
+            f"{text!r} is not a valid Hub model address ({error}); write hf://owner/repo or hf://owner/repo@revision."
+        ) from None
     if uri.type != "model" or uri.path_in_repo:
-        raise ModelNotFoundError(f"{text!r} does not name a model repository; "
-                                 "write hf://owner/repo or hf://owner/repo@revision.")
+        raise ModelNotFoundError(
+            f"{text!r} does not name a model repository; write hf://owner/repo or hf://owner/repo@revision."
+        )
     return HubSource(uri.id, uri.revision, text)
 
 
@@ -181,8 +204,10 @@ def _check_local_dir(path: Path, spec: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise LocalModelError(f"{name} is a file; pass the directory that holds config.json.")
     if not (path / "config.json").is_file():
-        raise LocalModelError(f"{name} has no config.json; pass a checkpoint directory in Hugging "
-                              "Face layout (config.json, *.safetensors, tokenizer.model).")
+        raise LocalModelError(
+            f"{name} has no config.json; pass a checkpoint directory in Hugging "
+            "Face layout (config.json, *.safetensors, tokenizer.model)."
+        )
     return path.resolve()
 
 
@@ -212,8 +237,10 @@ def resolve(
     label = source.label
     how = DOWNLOAD_COMMAND.format(label=label)
     if _offline():
-        raise OfflineError(f"{label} is not downloaded and HF_HUB_OFFLINE is set, so pali may not "
-                           f"use the network: run `{how}` while online (with HF_HUB_OFFLINE unset).")
+        raise OfflineError(
+            f"{label} is not downloaded and HF_HUB_OFFLINE is set, so pali may not "
+            f"use the network: run `{how}` while online (with HF_HUB_OFFLINE unset)."
+        )
     if not allow_download:
         raise OfflineError(f"{label} is not downloaded: run `{how}` first.")
     return _download(source, _cache_roots(cache_dir)[0], quiet=quiet, token=token)
@@ -274,8 +301,10 @@ def remove(spec: str | os.PathLike, cache_dir: str | Path | None = None) -> int:
         raise LocalModelError(f"{os.fspath(spec)} {what}, not a download; pali only deletes what it downloaded.")
     root = default_cache_dir(cache_dir)
     if _same_dir(root, hf_cache_dir()):
-        raise LocalModelError(f"pali's cache {root} is the shared Hugging Face cache; pali does not "
-                              "delete from it (use `hf cache delete`).")
+        raise LocalModelError(
+            f"pali's cache {root} is the shared Hugging Face cache; pali does not "
+            "delete from it (use `hf cache delete`)."
+        )
     repo_dir = root / repo_folder_name(repo_id=source.repo_id, repo_type="model")
     if not repo_dir.is_dir():
         return 0
@@ -371,8 +400,7 @@ def _incomplete_repo_error(source: HubSource, root: Path, missing: list[str]) ->
     from huggingface_hub.errors import CachedRepoTreeNotFoundError
 
     try:  # the listing snapshot_download saved: no new request
-        files = [f.path for f in get_cached_repo_tree(source.repo_id, revision=source.revision,
-                                                      cache_dir=root)]
+        files = [f.path for f in get_cached_repo_tree(source.repo_id, revision=source.revision, cache_dir=root)]
     except CachedRepoTreeNotFoundError:
         files = []
     pickled = sorted(f for f in files if f.endswith(_PICKLE_SUFFIXES))

@@ -78,25 +78,32 @@ def translate(error: BaseException, source, token: str | None, endpoint: str | N
             )
             return AccessDeniedError(_scrub(message, token))
         if isinstance(http, RevisionNotFoundError):
-            return ModelNotFoundError(f"{label}: revision {source.revision or 'main'!r} not found "
-                                      f"in {repo} on the Hub (HTTP 404).")
+            return ModelNotFoundError(
+                f"{label}: revision {source.revision or 'main'!r} not found in {repo} on the Hub (HTTP 404)."
+            )
         if status == 404:
-            return ModelNotFoundError(f"{label}: {repo} not found on the Hugging Face Hub "
-                                      "(HTTP 404); check the name.")
-        return ModelUnavailableError(f"the Hugging Face Hub answered HTTP {status} while fetching "
-                                     f"{label}; try again later.")
+            return ModelNotFoundError(f"{label}: {repo} not found on the Hugging Face Hub (HTTP 404); check the name.")
+        return ModelUnavailableError(
+            f"the Hugging Face Hub answered HTTP {status} while fetching {label}; try again later."
+        )
     endpoint = endpoint or "https://huggingface.co"
     if any(isinstance(e, FileMetadataError) for e in chain):
-        return ModelUnavailableError(f"{endpoint} does not answer like a Hugging Face Hub while fetching "
-                                     f"{label}; check HF_ENDPOINT and any proxy settings.")
+        return ModelUnavailableError(
+            f"{endpoint} does not answer like a Hugging Face Hub while fetching "
+            f"{label}; check HF_ENDPOINT and any proxy settings."
+        )
     if any(isinstance(e, OfflineModeIsEnabled) for e in chain):
-        return OfflineError(f"{label} is not downloaded and huggingface_hub is in offline mode "
-                            f"(HF_HUB_OFFLINE): run `{how}` while online.")
+        return OfflineError(
+            f"{label} is not downloaded and huggingface_hub is in offline mode "
+            f"(HF_HUB_OFFLINE): run `{how}` while online."
+        )
     if any(isinstance(e, (httpx2.ConnectError, httpx2.ConnectTimeout)) for e in chain) or (
         isinstance(error, LocalEntryNotFoundError)
     ):
-        return OfflineError(f"cannot reach the Hugging Face Hub at {endpoint} and {label} is not "
-                            f"(fully) downloaded: check the connection, then run `{how}`.")
+        return OfflineError(
+            f"cannot reach the Hugging Face Hub at {endpoint} and {label} is not "
+            f"(fully) downloaded: check the connection, then run `{how}`."
+        )
     broken = next((e for e in chain if isinstance(e, httpx2.TransportError)), None)
     if broken is not None or "Consistency check failed" in str(error):
         return DownloadInterruptedError(

@@ -206,8 +206,15 @@ def _close_matches(name: str) -> list[str]:
 
 # Decoder shapes per (family, size), spec §4.1 and §4.2. query_pre_attn_scalar is Gemma 2's query
 # scale denominator: head_dim, except 28B where big_vision scales by hidden / heads = 144.
-_DECODER_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-                   "intermediate_size", "query_pre_attn_scalar")
+_DECODER_FIELDS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "query_pre_attn_scalar",
+)
 # fmt: off
 _DECODERS: dict[tuple[str, str], tuple[int | None, ...]] = {
     #                      layers  hidden  heads  kv heads  head_dim  intermediate  query scale
@@ -246,8 +253,9 @@ def hf_config_for(preset: Preset | str) -> dict:
     if preset.family == "demo":
         return _bundled_config(preset)
 
-    decoder = {key: value for key, value in zip(_DECODER_FIELDS, _DECODERS[(preset.family, preset.size)])
-               if value is not None}
+    decoder = {
+        key: value for key, value in zip(_DECODER_FIELDS, _DECODERS[(preset.family, preset.size)]) if value is not None
+    }
     hidden = decoder["hidden_size"]
     num_image_tokens = (preset.image_size // _VISION["patch_size"]) ** 2
     text = {

@@ -19,15 +19,18 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from engine.checkpoints.reader import TensorReader
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import PaliGemmaConfig
-from engine.checkpoints.reader import TensorReader
 from engine.runtime.memory import empty_weight
 
 # (checkpoint pattern, our name). Anchored at the start; the first match wins.
 NAME_TABLE: tuple[tuple[str, str], ...] = (
     (r"^(?:model\.)?vision_tower\.(?:vision_model\.)?embeddings\.patch_embedding\.", "vision_tower.patch_embedding."),
-    (r"^(?:model\.)?vision_tower\.(?:vision_model\.)?embeddings\.position_embedding\.", "vision_tower.position_embedding."),
+    (
+        r"^(?:model\.)?vision_tower\.(?:vision_model\.)?embeddings\.position_embedding\.",
+        "vision_tower.position_embedding.",
+    ),
     (r"^(?:model\.)?vision_tower\.(?:vision_model\.)?encoder\.layers\.", "vision_tower.layers."),
     (r"^(?:model\.)?vision_tower\.(?:vision_model\.)?post_layernorm\.", "vision_tower.post_layernorm."),
     (r"^(?:model\.)?multi_modal_projector\.linear\.", "projector."),
@@ -64,7 +67,9 @@ def map_name(name: str, variant: str) -> str | None:
 def hub_name(name: str, variant: str) -> str:
     """Our parameter name -> the released hub naming (inverse of map_name)."""
     if variant == "gemma":
-        name = re.sub(r"^(language_model\.layers\.\d+\.)pre_feedforward_layernorm\.", r"\1post_attention_layernorm.", name)
+        name = re.sub(
+            r"^(language_model\.layers\.\d+\.)pre_feedforward_layernorm\.", r"\1post_attention_layernorm.", name
+        )
     for pattern, repl in SAVE_TABLE:
         name, n = re.subn(pattern, repl, name)
         if n:
@@ -121,7 +126,7 @@ def _read(
 ) -> torch.Tensor:
     """One checkpoint tensor in ``dtype`` on ``device``. Stored in that dtype on CPU: a view of the
     memory-mapped file (zero-copy). To be cast on CPU: read into memory of its own (huge pages
-    where large, engine.memory). Other devices: moved over from the mapping."""
+    where large, engine.runtime.memory). Other devices: moved over from the mapping."""
     if device.type != "cpu":
         return f.get_tensor(ckpt_name).to(device=device, dtype=dtype)
     if reader.dtype(ckpt_name) == dtype:

@@ -25,9 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -187,8 +187,9 @@ class ShapesBatches:
     ``{"images": uint8[B, S, S, 3], "prefixes": [...], "suffixes": [...]}``, every example on a
     fresh scene. Each pass over it yields the same batches (the seed restarts)."""
 
-    def __init__(self, seed: int, batch_size: int, num_batches: int, image_size: int,
-                 weights: dict[str, float] | None = None):
+    def __init__(
+        self, seed: int, batch_size: int, num_batches: int, image_size: int, weights: dict[str, float] | None = None
+    ):
         self.seed, self.batch_size, self.num_batches = seed, batch_size, num_batches
         self.image_size, self.weights = image_size, weights
 
@@ -215,12 +216,21 @@ def write_samples(out: Path, seed: int, count: int, size: int) -> list[dict]:
         scene = random_scene(rng)
         name = f"shapes_{seed}_{i:03d}.png"
         scene.render(size).save(out / name)
-        records.append({
-            "image": name,
-            "caption": caption(scene),
-            "shapes": [{"kind": s.kind, "color": s.color, "detection": f"{s.loc_text} {s.kind}",
-                        "box_xyxy_pixels": [round(v * size, 1) for v in s.box]} for s in scene.shapes],
-        })
+        records.append(
+            {
+                "image": name,
+                "caption": caption(scene),
+                "shapes": [
+                    {
+                        "kind": s.kind,
+                        "color": s.color,
+                        "detection": f"{s.loc_text} {s.kind}",
+                        "box_xyxy_pixels": [round(v * size, 1) for v in s.box],
+                    }
+                    for s in scene.shapes
+                ],
+            }
+        )
     with open(out / "truth.jsonl", "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")

@@ -94,9 +94,7 @@ class PaliGemmaBackbone(nn.Module):
             raise ValueError(f"pixel_values must be [B, 3, {size}, {size}], got {list(pixel_values.shape)}")
         return self.projector(self.vision_tower(pixel_values))
 
-    def prefill_masks(
-        self, input_mask: torch.Tensor, mask_ar: torch.Tensor, positions: torch.Tensor
-    ) -> Masks:
+    def prefill_masks(self, input_mask: torch.Tensor, mask_ar: torch.Tensor, positions: torch.Tensor) -> Masks:
         """Masks for a whole sequence: input_mask, mask_ar bool[B, S]; positions int[B, S]."""
         full = prefix_lm_mask(input_mask, mask_ar)
         if not any(layer.sliding for layer in self.language_model.layers):
@@ -127,13 +125,19 @@ class PaliGemmaBackbone(nn.Module):
         b, t = token_ids.shape
         n_img = self.num_image_tokens
         device = token_ids.device
-        padding_mask = torch.ones(b, t, dtype=torch.bool, device=device) if padding_mask is None else padding_mask.bool()
-        response_mask = torch.zeros(b, t, dtype=torch.bool, device=device) if response_mask is None else response_mask.bool()
+        padding_mask = (
+            torch.ones(b, t, dtype=torch.bool, device=device) if padding_mask is None else padding_mask.bool()
+        )
+        response_mask = (
+            torch.zeros(b, t, dtype=torch.bool, device=device) if response_mask is None else response_mask.bool()
+        )
         image = self.encode_images(pixel_values)  # (B, N_img, H)
         text = self.language_model.embed(token_ids)  # (B, T, H)
         x = torch.cat([image.to(text.dtype), text], dim=1)  # (B, N_img + T, H)
         input_mask = torch.cat([torch.ones(b, n_img, dtype=torch.bool, device=device), padding_mask], dim=1)
-        mask_ar = torch.cat([torch.zeros(b, n_img, dtype=torch.bool, device=device), response_mask & padding_mask], dim=1)
+        mask_ar = torch.cat(
+            [torch.zeros(b, n_img, dtype=torch.bool, device=device), response_mask & padding_mask], dim=1
+        )
         positions = (torch.cumsum(input_mask.long(), dim=1) - 1).clamp(min=0)
         hidden = self.language_model(x, positions, self.prefill_masks(input_mask, mask_ar, positions))
         return hidden[:, n_img:]

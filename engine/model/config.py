@@ -234,7 +234,9 @@ def to_hf_config(config: PaliGemmaConfig) -> dict:
     if t.variant == "gemma2":
         text.update(
             # transformers validates this as an int; every released value (256, 144) is one.
-            query_pre_attn_scalar=int(t.query_pre_attn_scalar) if t.query_pre_attn_scalar.is_integer() else t.query_pre_attn_scalar,
+            query_pre_attn_scalar=int(t.query_pre_attn_scalar)
+            if t.query_pre_attn_scalar.is_integer()
+            else t.query_pre_attn_scalar,
             attn_logit_softcapping=t.attn_logit_softcap,
             final_logit_softcapping=t.final_logit_softcap,
             sliding_window=t.sliding_window,

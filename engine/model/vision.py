@@ -25,7 +25,10 @@ class VisionAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         # (B, T, C) -> (B, N, T, D)
-        q, k, v = (p(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            p(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         out = attention(q, k, v, mask=None, scale=self.head_dim**-0.5)  # patches see every patch
         return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
 

@@ -34,8 +34,9 @@ from __future__ import annotations
 import functools
 import io
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -78,7 +79,9 @@ def load_image(src: ImageSource) -> Image.Image:
         try:
             src.load()  # an image from Image.open() is decoded lazily and can still fail here
         except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise ImageLoadError(f"cannot load image {name}: the image data is truncated or corrupt ({_reason(e)})") from None
+            raise ImageLoadError(
+                f"cannot load image {name}: the image data is truncated or corrupt ({_reason(e)})"
+            ) from None
         return to_rgb(src, name)
     if isinstance(src, np.ndarray):
         return to_rgb(_from_array(src), "numpy image")
@@ -122,8 +125,7 @@ def _decode(fp: Any, name: str, suffix: str) -> Image.Image:
     except UnidentifiedImageError:
         hint = _PLUGIN_HINTS.get(suffix, "use JPEG, PNG, WebP, GIF, BMP or TIFF")
         raise ImageLoadError(
-            f"cannot load image {name}: PIL cannot identify it as an image (unknown format or damaged "
-            f"header); {hint}"
+            f"cannot load image {name}: PIL cannot identify it as an image (unknown format or damaged header); {hint}"
         ) from None
     except ImageLoadError:
         raise
@@ -131,8 +133,7 @@ def _decode(fp: Any, name: str, suffix: str) -> Image.Image:
         # Truncated or corrupt data surfaces as OSError ("image file is truncated"), SyntaxError
         # (broken PNG chunks) or ValueError/EOFError from individual decoders.
         raise ImageLoadError(
-            f"cannot load image {name}: the file is truncated or corrupt ({_reason(e)}); "
-            "re-export or re-download it"
+            f"cannot load image {name}: the file is truncated or corrupt ({_reason(e)}); re-export or re-download it"
         ) from None
 
 
@@ -244,9 +245,7 @@ def _from_array(a: np.ndarray) -> Image.Image:
         # Rounding (not truncating) makes uint8 -> /255 -> here an exact round trip.
         a = np.rint(a.astype(np.float64) * 255.0).astype(np.uint8)
     else:
-        raise ImageLoadError(
-            f"cannot load numpy image of dtype {a.dtype}: use uint8 (0..255) or float (0..1)"
-        )
+        raise ImageLoadError(f"cannot load numpy image of dtype {a.dtype}: use uint8 (0..255) or float (0..1)")
     return Image.fromarray(np.ascontiguousarray(a))
 
 
@@ -268,7 +267,7 @@ def preprocess_images(
     images: ImageSource | Sequence[ImageSource],
     image_size: int,
     resample: str = "bilinear",
-) -> "torch.Tensor":
+) -> torch.Tensor:
     """Loads and preprocesses images into ``float32[B, 3, image_size, image_size]`` in [-1, 1].
 
     ``images`` is one image or a list of them (anything ``load_image`` takes); a 4-D numpy array is

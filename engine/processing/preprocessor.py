@@ -18,12 +18,13 @@ tokens. Whether the model then left-aligns prompts is the generation loop's busi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from engine.processing.image import ImageSource, RESAMPLE_FILTERS, preprocess_images
+from engine.processing.image import RESAMPLE_FILTERS, ImageSource, preprocess_images
 from engine.processing.tokenizer import PaliGemmaTokenizer
 
 # Markers of a transformers-formatted prompt. SentencePiece would encode them as plain characters,
@@ -67,7 +68,7 @@ class PaliGemmaCausalLMPreprocessor:
         image_size: int,
         sequence_length: int = 1024,
         resample: str = "bilinear",
-    ) -> "PaliGemmaCausalLMPreprocessor":
+    ) -> PaliGemmaCausalLMPreprocessor:
         """Builds the preprocessor from a checkpoint directory holding ``tokenizer.model``."""
         return cls(PaliGemmaTokenizer.from_preset(directory), image_size, sequence_length, resample)
 

@@ -18,8 +18,8 @@ so the fractions map straight onto the original width and height.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 LOC_BINS = 1024  # <loc0000> .. <loc1023>; bin / 1024 is the common convention (spec §12.1)
 
@@ -107,7 +107,12 @@ def parse_detections(text: str, width: int, height: int) -> list[Detection]:
         y1, x1, y2, x2 = (int(g) / LOC_BINS for g in m.group(1, 2, 3, 4))
         y1, y2 = sorted((y1, y2))
         x1, x2 = sorted((x1, x2))
-        box = (_clamp(x1 * width, width), _clamp(y1 * height, height), _clamp(x2 * width, width), _clamp(y2 * height, height))
+        box = (
+            _clamp(x1 * width, width),
+            _clamp(y1 * height, height),
+            _clamp(x2 * width, width),
+            _clamp(y2 * height, height),
+        )
         found.append(Detection(label=m.group(6).strip(), box=box, normalized=(x1, y1, x2, y2)))
     return found
 

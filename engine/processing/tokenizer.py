@@ -16,8 +16,9 @@ Contract:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, overload
+from typing import Any, overload
 
 import sentencepiece as spm
 
@@ -73,12 +74,10 @@ class PaliGemmaTokenizer:
         self.unk_token_id: int = ids["unk"]
         self.vocabulary_size: int = self._sp.get_piece_size()
         self.newline_token_id: int = self._single_piece_id("\n")
-        self._dropped_on_detokenize = frozenset(
-            (self.pad_token_id, self.end_token_id, self.start_token_id)
-        )
+        self._dropped_on_detokenize = frozenset((self.pad_token_id, self.end_token_id, self.start_token_id))
 
     @classmethod
-    def from_preset(cls, directory: str | Path) -> "PaliGemmaTokenizer":
+    def from_preset(cls, directory: str | Path) -> PaliGemmaTokenizer:
         """Loads ``<directory>/tokenizer.model`` (a path to the file itself also works)."""
         directory = Path(directory)
         path = directory if directory.is_file() else directory / TOKENIZER_FILENAME

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.runtime.devices import cpu_has_fast_bf16
 from engine.model.text import Attention, TiedEmbedding
+from engine.runtime.devices import cpu_has_fast_bf16
 
 # Up to this many rows torch's native bf16 GEMV wins (it reads half the bytes of fp32); from 5-6
 # rows its emulated bf16 arithmetic costs more than converting slices and running fp32 (PaliGemma
@@ -107,7 +107,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     torch's default (MKL sgemm) it is 1.6x faster at prefill shapes, 1.35x at one-row decode of
     up-projections and the LM head, and 3-4x at batched decode (2-64 rows), where MKL is slow on
     AMD CPUs (benchmarks/floors.py). Same math; only the summation order differs."""
-    if x.dtype == torch.float32 and weight.dtype == torch.float32 and weight.device.type == "cpu" and not needs_grad(x, weight):
+    if (
+        x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and weight.device.type == "cpu"
+        and not needs_grad(x, weight)
+    ):
         op = _onednn_linear()
         if op is not None:
             return op(x, weight, bias, "none", [], "")
@@ -115,7 +120,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def converted_linear(
-    x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    dtype: torch.dtype,
+    bias: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x float[M, K] (in ``dtype``) @ weight[N, K].T for a weight stored in another dtype (bf16 or
     int8): slices of its rows are converted into the scratch buffer and multiplied one at a time,
@@ -183,7 +192,7 @@ class UpcastAttention(Attention):
     """Attention whose core runs in fp32 and returns the model's dtype (projections unchanged)."""
 
     @classmethod
-    def wrap(cls, attn: Attention) -> "UpcastAttention":
+    def wrap(cls, attn: Attention) -> UpcastAttention:
         new = cls.__new__(cls)
         new.__dict__.update(attn.__dict__)  # the same projections and settings: nothing is copied
         return new

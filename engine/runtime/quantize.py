@@ -31,10 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.checkpoints.weights import load_backbone, weight_files
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import PaliGemmaConfig
-from engine.runtime.optimize import SCRATCH_BYTES, converted_linear, linear, matmul_dtype, needs_grad, scratch, swap_linears
-from engine.checkpoints.weights import load_backbone, weight_files
+from engine.runtime.optimize import (
+    SCRATCH_BYTES,
+    converted_linear,
+    linear,
+    matmul_dtype,
+    needs_grad,
+    scratch,
+    swap_linears,
+)
 
 QUANT_MODES = ("int8",)
 CACHE_VERSION = 1  # bump when the stored layout changes, so stale caches are never read
@@ -68,7 +76,9 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+def dequantize(
+    q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """int8[N, K] and scale[N] -> float[N, K] in ``dtype`` (into ``out`` when given)."""
     out = torch.empty(q.shape, dtype=dtype, device=q.device) if out is None else out
     return out.copy_(q).mul_(scale.to(dtype)[:, None])
@@ -99,10 +109,12 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scale", torch.empty(out_features, dtype=torch.bfloat16, device=device))
-        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
+        self.bias = (
+            nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
+        )
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype | None = None) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype | None = None) -> Int8Linear:
         w = linear.weight
         new = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype or w.dtype, w.device)
         if not w.is_meta:
@@ -129,7 +141,7 @@ class Int8TiedEmbedding(nn.Module):
         self.register_buffer("scale", torch.empty(num, dtype=torch.bfloat16, device=device))
 
     @classmethod
-    def from_embedding(cls, embedding: nn.Embedding, dtype: torch.dtype | None = None) -> "Int8TiedEmbedding":
+    def from_embedding(cls, embedding: nn.Embedding, dtype: torch.dtype | None = None) -> Int8TiedEmbedding:
         w = embedding.weight
         new = cls(w.shape[0], w.shape[1], dtype or w.dtype, w.device)
         if not w.is_meta:
@@ -179,9 +191,15 @@ def cache_key(checkpoint_dir: Path, weight_files: list[Path], mode: str, dtype: 
     return h.hexdigest()[:24]
 
 
-def cache_path(cache_root: Path, checkpoint_dir: Path, weight_files: list[Path], mode: str, dtype: torch.dtype, extra: str = "") -> Path:
+def cache_path(
+    cache_root: Path, checkpoint_dir: Path, weight_files: list[Path], mode: str, dtype: torch.dtype, extra: str = ""
+) -> Path:
     name = Path(checkpoint_dir).resolve().name or "model"
-    return Path(cache_root) / "quantized" / f"{name}-{mode}-{str(dtype).removeprefix('torch.')}-{cache_key(checkpoint_dir, weight_files, mode, dtype, extra)}.safetensors"
+    return (
+        Path(cache_root)
+        / "quantized"
+        / f"{name}-{mode}-{str(dtype).removeprefix('torch.')}-{cache_key(checkpoint_dir, weight_files, mode, dtype, extra)}.safetensors"
+    )
 
 
 def save_quantized(backbone: nn.Module, path: Path, mode: str) -> Path:
@@ -210,7 +228,9 @@ def load_quantized(backbone: nn.Module, path: Path, device: torch.device) -> nn.
     try:
         backbone.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
-        raise QuantizeError(f"{path}: does not match the model ({str(e).splitlines()[0]}); delete it to rebuild") from None
+        raise QuantizeError(
+            f"{path}: does not match the model ({str(e).splitlines()[0]}); delete it to rebuild"
+        ) from None
     return backbone.eval().requires_grad_(False)
 
 
@@ -236,5 +256,7 @@ def load_quantized_backbone(
     try:
         save_quantized(backbone, path, mode)
     except OSError as e:
-        warnings.warn(f"could not cache quantized weights at {path} ({e}); the next load will quantize again", stacklevel=2)
+        warnings.warn(
+            f"could not cache quantized weights at {path} ({e}); the next load will quantize again", stacklevel=2
+        )
     return backbone

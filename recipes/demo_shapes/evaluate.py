@@ -16,11 +16,11 @@ import json
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
-from engine.processing.tasks import parse_detections
 from engine.demo import shapes
+from engine.processing.tasks import parse_detections
 
 HELD_OUT_SEED = 20_250_101  # training uses seed 0 (recipes.demo_shapes.train.TRAIN_SEED)
 PRESET = "pali-demo-shapes"
@@ -109,8 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     lm = PaliGemmaCausalLM.from_preset(args.model, dtype=args.dtype, device="cpu")
     start = time.perf_counter()
     scores = evaluate(lm, args.seed, args.count)
-    print(f"model={args.model} dtype={lm.dtype} seed={args.seed} examples per task={args.count} "
-          f"({time.perf_counter() - start:.0f} s)")
+    print(
+        f"model={args.model} dtype={lm.dtype} seed={args.seed} examples per task={args.count} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     print(f"caption exact match  {scores.caption_exact:6.1%}")
     print(f"VQA colour accuracy  {scores.vqa_accuracy:6.1%}")
     print(f"detection IoU > 0.5  {scores.detection_iou50:6.1%}  (label right: {scores.detection_label:.1%})")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from engine.processing.tokenizer import NUM_LOC_TOKENS, NUM_SEG_TOKENS, loc_token, seg_token
 from engine.demo import shapes
+from engine.processing.tokenizer import NUM_LOC_TOKENS, NUM_SEG_TOKENS, loc_token, seg_token
 
 VOCAB_SIZE = 1536  # 1413 fixed pieces (specials, "\n", loc, seg, 256 bytes) + letters and merges
 

@@ -42,12 +42,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from engine.demo import shapes
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import PaliGemmaConfig, TextConfig, VisionConfig
 from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
 from engine.processing.tokenizer import NUM_LOC_TOKENS, PaliGemmaTokenizer
 from engine.train import StepReport, TrainConfig, fit
-from engine.demo import shapes
 from recipes.demo_shapes.tokenizer import train_demo_tokenizer
 from recipes.demo_shapes.vision_pretrain import pretrain_vision
 
@@ -58,16 +58,30 @@ VISION_SEED = 100  # stage 1 scenes
 INIT_SEED = 0
 TASK_WEIGHTS = {"caption": 0.3, "vqa": 0.25, "detect": 0.45}  # boxes are the hardest to learn, colours the easiest
 POLISH_WEIGHTS = {"caption": 0.3, "vqa": 0.1, "detect": 0.6}
-DEMO_SIZES = dict(image_size=IMAGE_SIZE, patch_size=14, vision_hidden=96, vision_layers=4,
-                  text_hidden=128, text_mlp=384, text_layers=4, text_heads=4, text_kv_heads=1)
+DEMO_SIZES = dict(
+    image_size=IMAGE_SIZE,
+    patch_size=14,
+    vision_hidden=96,
+    vision_layers=4,
+    text_hidden=128,
+    text_mlp=384,
+    text_layers=4,
+    text_heads=4,
+    text_kv_heads=1,
+)
 
 
 def demo_config(vocab_size: int, **sizes: int) -> PaliGemmaConfig:
     """The demo architecture; ``sizes`` overrides DEMO_SIZES entries (for experiments)."""
     z = {**DEMO_SIZES, **sizes}
-    vision = VisionConfig(hidden_size=z["vision_hidden"], intermediate_size=4 * z["vision_hidden"],
-                          num_layers=z["vision_layers"], num_heads=z["vision_hidden"] // 32,
-                          image_size=z["image_size"], patch_size=z["patch_size"])
+    vision = VisionConfig(
+        hidden_size=z["vision_hidden"],
+        intermediate_size=4 * z["vision_hidden"],
+        num_layers=z["vision_layers"],
+        num_heads=z["vision_hidden"] // 32,
+        image_size=z["image_size"],
+        patch_size=z["patch_size"],
+    )
     text = TextConfig(
         variant="gemma2",
         vocab_size=vocab_size,
@@ -130,8 +144,11 @@ def _stage2_reporter(name: str) -> Callable[[StepReport], None]:
     def report(r: StepReport) -> None:
         window.append(r.loss)
         if r.step % 250 == 0 or r.step == r.total_steps:
-            print(f"{name} step {r.step:5d}/{r.total_steps}  loss {sum(window) / len(window):.4f}  "
-                  f"lr {r.learning_rate:.2e}  |g| {r.grad_norm:.2f}  {r.seconds:6.0f} s", flush=True)
+            print(
+                f"{name} step {r.step:5d}/{r.total_steps}  loss {sum(window) / len(window):.4f}  "
+                f"lr {r.learning_rate:.2e}  |g| {r.grad_norm:.2f}  {r.seconds:6.0f} s",
+                flush=True,
+            )
             window.clear()
 
     return report
@@ -159,23 +176,35 @@ def main(argv: list[str] | None = None) -> None:
     common = dict(weight_decay=0.01, schedule="cosine", max_grad_norm=1.0, precision="float32", batch_size=None)
     stage2 = TrainConfig(learning_rate=lr, warmup_steps=200, freeze=("vision_tower",), **common)
     last = "polish" if args.polish_steps else "all"  # the last stage writes the checkpoint
-    stage3 = TrainConfig(learning_rate=args.final_learning_rate, warmup_steps=100,
-                         checkpoint_dir=args.out if last == "all" else None, **common)
+    stage3 = TrainConfig(
+        learning_rate=args.final_learning_rate,
+        warmup_steps=100,
+        checkpoint_dir=args.out if last == "all" else None,
+        **common,
+    )
     stage4 = TrainConfig(learning_rate=args.polish_learning_rate, warmup_steps=50, checkpoint_dir=args.out, **common)
-    print(f"pali-demo-shapes: {n_params / 1e6:.2f} M parameters, {lm.backbone.num_image_tokens} image tokens, "
-          f"vocabulary {lm.preprocessor.tokenizer.vocabulary_size}, sizes {DEMO_SIZES}")
-    print(f"settings: steps (vision, frozen, all, polish)=({args.vision_steps}, {args.frozen_steps}, {args.steps}, "
-          f"{args.polish_steps}) batch_size={bs} lr={lr} (stage 3: {stage3.learning_rate:g}, stage 4: "
-          f"{stage4.learning_rate:g}) weight_decay={common['weight_decay']} clip={common['max_grad_norm']} "
-          f"tasks={TASK_WEIGHTS} (stage 4: {POLISH_WEIGHTS}) seeds (init, vision, data)=({INIT_SEED}, {VISION_SEED}, "
-          f"{TRAIN_SEED}) threads={args.threads} torch={torch.__version__}", flush=True)
+    print(
+        f"pali-demo-shapes: {n_params / 1e6:.2f} M parameters, {lm.backbone.num_image_tokens} image tokens, "
+        f"vocabulary {lm.preprocessor.tokenizer.vocabulary_size}, sizes {DEMO_SIZES}"
+    )
+    print(
+        f"settings: steps (vision, frozen, all, polish)=({args.vision_steps}, {args.frozen_steps}, {args.steps}, "
+        f"{args.polish_steps}) batch_size={bs} lr={lr} (stage 3: {stage3.learning_rate:g}, stage 4: "
+        f"{stage4.learning_rate:g}) weight_decay={common['weight_decay']} clip={common['max_grad_norm']} "
+        f"tasks={TASK_WEIGHTS} (stage 4: {POLISH_WEIGHTS}) seeds (init, vision, data)=({INIT_SEED}, {VISION_SEED}, "
+        f"{TRAIN_SEED}) threads={args.threads} torch={torch.__version__}",
+        flush=True,
+    )
     start = time.perf_counter()
     size = lm.backbone.config.image_size
 
     def report_vision(step: int, loss: float, accuracy: float, seconds: float) -> None:
         if step % 250 == 0 or step == args.vision_steps:
-            print(f"stage 1 step {step:5d}/{args.vision_steps}  loss {loss:.4f}  label accuracy {accuracy:.2f}  "
-                  f"{seconds:6.0f} s", flush=True)
+            print(
+                f"stage 1 step {step:5d}/{args.vision_steps}  loss {loss:.4f}  label accuracy {accuracy:.2f}  "
+                f"{seconds:6.0f} s",
+                flush=True,
+            )
 
     if args.vision_steps:
         pretrain_vision(lm.backbone.vision_tower, args.vision_steps, bs, lr, 100, VISION_SEED, report_vision)

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.processing.image import preprocess_images
-from engine.model.vision import VisionTower
 from engine.demo import shapes
+from engine.model.vision import VisionTower
+from engine.processing.image import preprocess_images
 
 COLOR_NAMES = tuple(shapes.COLORS)
 

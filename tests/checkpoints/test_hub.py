@@ -141,10 +141,17 @@ def test_sharded_checkpoint_directory_round_trips(fake_hub, tmp_path):
     source = tmp_path / "sharded"
     source.mkdir()
     shards = {f"model-0000{i}-of-00002.safetensors": save({f"w{i}": np.full(500, i, np.float32)}) for i in (1, 2)}
-    index = {"metadata": {}, "weight_map": {"w1": "model-00001-of-00002.safetensors",
-                                            "w2": "model-00002-of-00002.safetensors"}}
-    files = {**shards, "model.safetensors.index.json": json.dumps(index).encode(),
-             "config.json": b"{}", "tokenizer.model": b"sp", "optimizer.pt": b"pickle"}
+    index = {
+        "metadata": {},
+        "weight_map": {"w1": "model-00001-of-00002.safetensors", "w2": "model-00002-of-00002.safetensors"},
+    }
+    files = {
+        **shards,
+        "model.safetensors.index.json": json.dumps(index).encode(),
+        "config.json": b"{}",
+        "tokenizer.model": b"sp",
+        "optimizer.pt": b"pickle",
+    }
     for name, data in files.items():
         (source / name).write_bytes(data)
     fake_hub.add_repo_dir("someone/sharded", source)
@@ -391,8 +398,11 @@ def test_remove_frees_pali_cache_and_leaves_the_huggingface_cache_alone(fake_hub
     ours = hub.resolve("hf://" + REPO)  # the shared copy...
     assert ours == shared
     # ...so fill pali's cache explicitly, as if it had been downloaded before the shared copy existed.
-    own = Path(huggingface_hub.snapshot_download(REPO, cache_dir=env["pali"], endpoint=fake_hub.url,
-                                                 allow_patterns=list(hub.ALLOW_PATTERNS)))
+    own = Path(
+        huggingface_hub.snapshot_download(
+            REPO, cache_dir=env["pali"], endpoint=fake_hub.url, allow_patterns=list(hub.ALLOW_PATTERNS)
+        )
+    )
     assert hub.resolve(PRESET) == own
 
     freed = hub.remove(PRESET)
@@ -438,19 +448,27 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert hub.default_cache_dir() == Path(platformdirs.user_cache_dir("pali", appauthor=False))
 
 
-@pytest.mark.parametrize("variables", [
-    {"HF_HUB_CACHE": "{tmp}/a"},
-    {"HF_HOME": "{tmp}/b"},
-    {"XDG_CACHE_HOME": "{tmp}/c"},
-])
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"HF_HUB_CACHE": "{tmp}/a"},
+        {"HF_HOME": "{tmp}/b"},
+        {"XDG_CACHE_HOME": "{tmp}/c"},
+    ],
+)
 def test_hf_cache_dir_agrees_with_huggingface_hub(variables, monkeypatch, tmp_path):
     for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value.format(tmp=tmp_path))
     # huggingface_hub computes its cache path at import: ask a fresh interpreter.
-    out = subprocess.run([sys.executable, "-c", "import huggingface_hub.constants as c; print(c.HF_HUB_CACHE)"],
-                         capture_output=True, text=True, env=os.environ.copy(), check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", "import huggingface_hub.constants as c; print(c.HF_HUB_CACHE)"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        check=True,
+    ).stdout.strip()
     assert hub.hf_cache_dir() == Path(out)
 
 

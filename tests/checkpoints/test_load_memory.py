@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from engine.model.config import load_config
-from engine.runtime.memory import HUGE_PAGE, empty_weight, huge_pages_available
 from engine.checkpoints.reader import TensorReader
 from engine.checkpoints.weights import CheckpointError, load_backbone
+from engine.model.config import load_config
+from engine.runtime.memory import HUGE_PAGE, empty_weight, huge_pages_available
 from tests.helpers.checkpoints import TinySpec
 
 SPEC = TinySpec()
@@ -47,7 +47,9 @@ def _vm_flags(address: int) -> list[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_same_dtype_is_memory_mapped_and_casts_are_not(checkpoints):
     path = checkpoints.checkpoint(SPEC, dtype=torch.bfloat16)
-    in_file = lambda t: any(lo <= t.data_ptr() < hi and name.endswith(".safetensors") for lo, hi, name in _file_mappings())
+    in_file = lambda t: any(
+        lo <= t.data_ptr() < hi and name.endswith(".safetensors") for lo, hi, name in _file_mappings()
+    )
     model = load_backbone(path, load_config(path), torch.bfloat16)
     assert in_file(model.language_model.layers[0].mlp.up_proj.weight)
     assert not in_file(model.language_model.norm.weight)  # kept in fp32, so cast: memory of its own

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.checkpoints.presets import hf_config_for, list_presets
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import from_hf_config
-from engine.checkpoints.presets import hf_config_for, list_presets
 
 HF_EXTRA_VOCAB_ROWS = 257216 - 257152  # <image> + padding to a multiple of 64, absent from KH/BV counts
 

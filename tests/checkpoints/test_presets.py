@@ -23,13 +23,28 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # keras-hub's preset names, copied from the spec's §10.1 table.
 KERAS_HUB_NAMES = {
-    "pali_gemma_3b_mix_224", "pali_gemma_3b_mix_448", "pali_gemma_3b_224", "pali_gemma_3b_448",
-    "pali_gemma_3b_896", "pali_gemma_2_ft_docci_3b_448", "pali_gemma2_ft_docci_10b_448",
-    "pali_gemma2_mix_3b_224", "pali_gemma2_mix_3b_448", "pali_gemma2_mix_10b_224",
-    "pali_gemma2_mix_10b_448", "pali_gemma2_mix_28b_224", "pali_gemma2_mix_28b_448",
-    "pali_gemma2_pt_3b_224", "pali_gemma2_pt_3b_448", "pali_gemma2_pt_3b_896",
-    "pali_gemma2_pt_10b_224", "pali_gemma2_pt_10b_448", "pali_gemma2_pt_10b_896",
-    "pali_gemma2_pt_28b_224", "pali_gemma2_pt_28b_448", "pali_gemma2_pt_28b_896",
+    "pali_gemma_3b_mix_224",
+    "pali_gemma_3b_mix_448",
+    "pali_gemma_3b_224",
+    "pali_gemma_3b_448",
+    "pali_gemma_3b_896",
+    "pali_gemma_2_ft_docci_3b_448",
+    "pali_gemma2_ft_docci_10b_448",
+    "pali_gemma2_mix_3b_224",
+    "pali_gemma2_mix_3b_448",
+    "pali_gemma2_mix_10b_224",
+    "pali_gemma2_mix_10b_448",
+    "pali_gemma2_mix_28b_224",
+    "pali_gemma2_mix_28b_448",
+    "pali_gemma2_pt_3b_224",
+    "pali_gemma2_pt_3b_448",
+    "pali_gemma2_pt_3b_896",
+    "pali_gemma2_pt_10b_224",
+    "pali_gemma2_pt_10b_448",
+    "pali_gemma2_pt_10b_896",
+    "pali_gemma2_pt_28b_224",
+    "pali_gemma2_pt_28b_448",
+    "pali_gemma2_pt_28b_896",
 }
 
 
@@ -87,8 +102,11 @@ def test_revisions_sizes_and_repo_names_follow_the_naming_scheme():
 def test_sequence_lengths_are_big_visions_for_paligemma1_and_unknown_for_paligemma2():
     lengths = {p.name: p.sequence_length for p in list_presets() if p.family == "paligemma"}
     assert lengths == {
-        "pali_gemma_3b_224": 128, "pali_gemma_3b_448": 512, "pali_gemma_3b_896": 512,
-        "pali_gemma_3b_mix_224": 256, "pali_gemma_3b_mix_448": 512,
+        "pali_gemma_3b_224": 128,
+        "pali_gemma_3b_448": 512,
+        "pali_gemma_3b_896": 512,
+        "pali_gemma_3b_mix_224": 256,
+        "pali_gemma_3b_mix_448": 512,
     }
     assert all(p.sequence_length is None for p in list_presets() if p.family == "paligemma2")
 
@@ -135,8 +153,7 @@ def test_unrelated_name_has_no_suggestion_but_points_to_the_list():
         ("pali_gemma2_mix_28b_224", "gemma2", 46, 4608, 32, 16, 128, 36864),
     ],
 )
-def test_hf_config_matches_the_spec_tables(name, model_type, layers, hidden, heads, kv_heads, head_dim,
-                                           intermediate):
+def test_hf_config_matches_the_spec_tables(name, model_type, layers, hidden, heads, kv_heads, head_dim, intermediate):
     preset = get_preset(name)
     config = hf_config_for(preset)
     text, vision = config["text_config"], config["vision_config"]
@@ -200,8 +217,11 @@ def test_params_column_equals_the_count_computed_from_the_config(preset):
     hidden = config["projection_dim"]
     projector = 1152 * hidden + hidden
     # keras-hub / big_vision count the 257152-row embedding (the real vocabulary), not HF's padded one.
-    total = _vision_params(config["vision_config"]) + projector + _decoder_params(
-        config["text_config"], vocab=config["image_token_index"])
+    total = (
+        _vision_params(config["vision_config"])
+        + projector
+        + _decoder_params(config["text_config"], vocab=config["image_token_index"])
+    )
     assert total == preset.params
 
 
@@ -209,8 +229,12 @@ def test_hf_checkpoint_holds_64_more_embedding_rows():
     # §10.1: "PG1-224 = 2,923,466,480" with the padded 257216-row embedding.
     config = hf_config_for("pali_gemma_3b_224")
     hidden = config["projection_dim"]
-    total = (_vision_params(config["vision_config"]) + 1152 * hidden + hidden
-             + _decoder_params(config["text_config"], vocab=config["text_config"]["vocab_size"]))
+    total = (
+        _vision_params(config["vision_config"])
+        + 1152 * hidden
+        + hidden
+        + _decoder_params(config["text_config"], vocab=config["text_config"]["vocab_size"])
+    )
     assert total == 2_923_466_480
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.model.config import ConfigError, load_config
 from engine.checkpoints.weights import CheckpointError, load_backbone
+from engine.model.config import ConfigError, load_config
 from tests.helpers.checkpoints import TinySpec
 
 PG1 = TinySpec()
@@ -30,7 +30,9 @@ def _probe(model, spec, seed=0):
 
 
 @pytest.mark.parametrize("spec", [PG1, PG2], ids=["pg1", "pg2"])
-@pytest.mark.parametrize("naming,shards", [("hub", 1), ("save_pretrained", 1), ("state_dict", 1), ("hub", 3), ("state_dict", 2)])
+@pytest.mark.parametrize(
+    "naming,shards", [("hub", 1), ("save_pretrained", 1), ("state_dict", 1), ("hub", 3), ("state_dict", 2)]
+)
 def test_every_naming_and_sharding_loads_the_same_model(checkpoints, spec, naming, shards):
     baseline = _probe(_load(checkpoints.checkpoint(spec)), spec)
     other = _probe(_load(checkpoints.checkpoint(spec, naming=naming, shards=shards)), spec)
@@ -86,7 +88,9 @@ def test_missing_tensor_is_named(checkpoints, tmp_path):
 
 
 def test_unused_tensor_is_named(checkpoints, tmp_path):
-    path = _edit(checkpoints, tmp_path, lambda t: t.update({"language_model.model.layers.9.extra.weight": torch.zeros(2)}))
+    path = _edit(
+        checkpoints, tmp_path, lambda t: t.update({"language_model.model.layers.9.extra.weight": torch.zeros(2)})
+    )
     with pytest.raises(CheckpointError, match=r"match nothing.*layers\.9\.extra\.weight"):
         _load(path)
 

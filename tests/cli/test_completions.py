@@ -60,7 +60,10 @@ def test_bash_completes_commands_options_choices_presets_and_files(tmp_path):
     assert bash_complete(tmp_path, "pali", "ask", "--sampler", "") == ["greedy", "top-k", "top-p", "random"]
     assert bash_complete(tmp_path, "pali", "caption", "-o", "out.jsonl", "--on-") == ["--on-existing"]
     assert bash_complete(tmp_path, "pali", "presets", "") == ["list", "download", "rm", "path"]
-    assert bash_complete(tmp_path, "pali", "presets", "rm", "pali_gemma2_mix_3") == ["pali_gemma2_mix_3b_224", "pali_gemma2_mix_3b_448"]
+    assert bash_complete(tmp_path, "pali", "presets", "rm", "pali_gemma2_mix_3") == [
+        "pali_gemma2_mix_3b_224",
+        "pali_gemma2_mix_3b_448",
+    ]
     assert bash_complete(tmp_path, "pali", "caption", "--preset", "pali_gemma2_pt_28b_8") == ["pali_gemma2_pt_28b_896"]
     assert bash_complete(tmp_path, "pali", "caption", "-o", "hol") == ["holiday.jpg"]
     assert bash_complete(tmp_path, "pali", "caption", "--lang", "") == []
@@ -74,7 +77,10 @@ def test_fish_completes(tmp_path):
     def complete(line: str) -> list[str]:
         out = subprocess.run(
             ["fish", "--no-config", "-c", f"source {FISH}; complete -C {line!r}"],
-            capture_output=True, text=True, cwd=tmp_path, timeout=30,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=30,
         )
         assert out.returncode == 0, out.stderr
         return [row.split("\t")[0] for row in out.stdout.splitlines()]

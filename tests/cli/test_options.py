@@ -72,7 +72,9 @@ def test_help_and_presets_list_do_not_import_torch():
 
 
 def test_python_dash_m_runs_the_cli():
-    out = subprocess.run([sys.executable, "-m", "pali_cli", "--version"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "pali_cli", "--version"], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert out.returncode == 0 and out.stdout.startswith("pali ")
 
 

@@ -34,7 +34,14 @@ def fake_files() -> dict[str, bytes]:
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PALI_PRESET", "PALI_DEVICE"):
+    for name in (
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "PALI_PRESET",
+        "PALI_DEVICE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PALI_CACHE_DIR", str(tmp_path / "pali-cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
@@ -110,7 +117,10 @@ def test_download_then_use_offline_then_remove(hub, env):
     assert "already downloaded" in again.stderr
     assert pali("presets", "path", PRESET).stdout.strip() == str(folder)
     # The demo model ships inside the package, so it is always usable without a download.
-    assert [r["name"] for r in json.loads(pali("presets", "list", "--downloaded", "--json").stdout)] == [PRESET, "pali-demo-shapes"]
+    assert [r["name"] for r in json.loads(pali("presets", "list", "--downloaded", "--json").stdout)] == [
+        PRESET,
+        "pali-demo-shapes",
+    ]
     assert hub.requests == []
 
     removed = pali("presets", "rm", PRESET)

@@ -106,8 +106,14 @@ def test_a_batch_prints_jsonl_in_order_and_broken_files_become_error_records(pal
     assert result.exit_code == 3, result.output
     records = jsonl(result.stdout)
     assert [r["image"] for r in records] == [
-        "photos/broken.png", "photos/empty.jpg", "photos/img1.png", "photos/img2.png",
-        "photos/img3.png", "photos/img4.png", "photos/img5.png", "photos/missing.png",
+        "photos/broken.png",
+        "photos/empty.jpg",
+        "photos/img1.png",
+        "photos/img2.png",
+        "photos/img3.png",
+        "photos/img4.png",
+        "photos/img5.png",
+        "photos/missing.png",
     ]
     failed = {r["image"]: r["error"] for r in records if r["error"]}
     assert sorted(failed) == ["photos/broken.png", "photos/empty.jpg", "photos/missing.png"]
@@ -182,7 +188,9 @@ def test_sidecars_for_a_dataset(pali, photos):
     Image.new("RGB", (20, 20)).save(photos / "img6.png")
     appended = pali("caption", "photos", "--sidecar", "--on-existing", "append", "--json", "-q")
     assert len(jsonl(appended.stdout)) == 6
-    assert (photos / "img1.txt").read_text().startswith("keep me\n") and (photos / "img1.txt").read_text().count("\n") == 2
+    assert (photos / "img1.txt").read_text().startswith("keep me\n") and (photos / "img1.txt").read_text().count(
+        "\n"
+    ) == 2
 
 
 def test_detect_prints_pixel_boxes_that_match_the_record(pali, photos):
@@ -209,7 +217,9 @@ def test_files_from_stdin_and_preset_from_environment(pali, photos, ckpt):
 
 
 def test_seeded_sampling_is_reproducible(pali, photos):
-    runs = [pali("caption", "photos", "--top-k", "40", "--temperature", "1.5", "--seed", "7", "-q").stdout for _ in range(2)]
+    runs = [
+        pali("caption", "photos", "--top-k", "40", "--temperature", "1.5", "--seed", "7", "-q").stdout for _ in range(2)
+    ]
     assert [r["text"] for r in jsonl(runs[0])] == [r["text"] for r in jsonl(runs[1])]
 
 

@@ -31,7 +31,20 @@ def job(tmp_path, checkpoints, monkeypatch):
     for i in range(IMAGES):
         Image.new("RGB", (24, 24), (i * 5, 255 - i * 5, 128)).save(photos / f"p{i:02d}.png")
     ckpt = checkpoints.checkpoint(TinySpec())
-    args = ["caption", "photos", "-o", "out.jsonl", "--preset", str(ckpt), "--max-tokens", "48", "--threads", "1", "--device", "cpu"]
+    args = [
+        "caption",
+        "photos",
+        "-o",
+        "out.jsonl",
+        "--preset",
+        str(ckpt),
+        "--max-tokens",
+        "48",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
     import torch
 
     threads = torch.get_num_threads()
@@ -41,7 +54,14 @@ def job(tmp_path, checkpoints, monkeypatch):
 
 def start(cwd: Path, args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "pali_cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pali_cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_records(path: Path, proc: subprocess.Popen, count: int, timeout: float = 120) -> None:

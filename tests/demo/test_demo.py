@@ -12,9 +12,9 @@ import random
 import numpy as np
 import pytest
 
+from engine.checkpoints.presets import get_preset
 from engine.demo import shapes
 from recipes.demo_shapes.evaluate import detection_hit, held_out_examples, iou
-from engine.checkpoints.presets import get_preset
 
 TEST_SEED = 4242
 COUNT = 30  # examples per task
@@ -106,8 +106,8 @@ def test_iou_and_detection_scoring():
 
 
 def test_demo_tokenizer_has_the_paligemma_layout(tmp_path):
-    from recipes.demo_shapes.tokenizer import train_demo_tokenizer
     from engine.processing.tokenizer import PaliGemmaTokenizer
+    from recipes.demo_shapes.tokenizer import train_demo_tokenizer
 
     tok = PaliGemmaTokenizer(train_demo_tokenizer(tmp_path / "tokenizer.model"))  # validates specials, loc, seg
     assert (tok.pad_token_id, tok.end_token_id, tok.start_token_id, tok.unk_token_id) == (0, 1, 2, 3)
@@ -175,8 +175,13 @@ def test_demo_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("PALI_PRESET", "PALI_DEVICE"):
         monkeypatch.delenv(name, raising=False)
-    scene = shapes.Scene(245, (shapes.Shape("circle", "red", (220, 40, 40), 12, 16, 40),
-                               shapes.Shape("square", "blue", (40, 80, 220), 70, 64, 40)))
+    scene = shapes.Scene(
+        245,
+        (
+            shapes.Shape("circle", "red", (220, 40, 40), 12, 16, 40),
+            shapes.Shape("square", "blue", (40, 80, 220), 70, 64, 40),
+        ),
+    )
     scene.render(224).save("shapes.png")
     runner = CliRunner()
     common = ["-p", "pali-demo-shapes", "--device", "cpu"]
@@ -202,11 +207,26 @@ def test_demo_int8_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("PALI_PRESET", "PALI_DEVICE", "PALI_QUANTIZE"):
         monkeypatch.delenv(name, raising=False)
-    scene = shapes.Scene(240, (shapes.Shape("square", "green", (40, 180, 60), 20, 20, 44),
-                               shapes.Shape("triangle", "yellow", (230, 210, 40), 60, 70, 44)))
+    scene = shapes.Scene(
+        240,
+        (
+            shapes.Shape("square", "green", (40, 180, 60), 20, 20, 44),
+            shapes.Shape("triangle", "yellow", (230, 210, 40), 60, 70, 44),
+        ),
+    )
     scene.render(224).save("shapes.png")
-    args = ["caption", "shapes.png", "-p", "pali-demo-shapes", "--device", "cpu", "--quantize", "int8",
-            "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "caption",
+        "shapes.png",
+        "-p",
+        "pali-demo-shapes",
+        "--device",
+        "cpu",
+        "--quantize",
+        "int8",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     for _ in range(2):  # the first run quantizes and writes the cache, the second loads it
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output

@@ -169,7 +169,10 @@ def rewrite(path: Path, naming: str = "hub", shards: int = 1, dtype: torch.dtype
         fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
         save_file({k: tensors[k].contiguous() for k in part}, path / fname, metadata={"format": "pt"})
         weight_map.update({k: fname for k in part})
-    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())}, "weight_map": weight_map}
+    index = {
+        "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+        "weight_map": weight_map,
+    }
     (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 

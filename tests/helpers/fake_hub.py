@@ -183,8 +183,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def _route(self, head: bool) -> None:
             path = unquote(urlsplit(self.path).path)
-            hub._record(Request(self.command, path, self.headers.get("Range"),
-                                self.headers.get("Authorization")))
+            hub._record(Request(self.command, path, self.headers.get("Range"), self.headers.get("Authorization")))
             if match := _CDN.match(path):
                 found = hub._blob(match["sha"])
                 if found is None:
@@ -216,12 +215,24 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return 401, "RepoNotFound", "Invalid username or password."
             if repo.access == "gated" and is_file:
                 if not valid:
-                    return 401, "GatedRepo", (f"Access to model {repo_id} is restricted. You must have "
-                                              "access to it and be authenticated to access it. Please log in.")
+                    return (
+                        401,
+                        "GatedRepo",
+                        (
+                            f"Access to model {repo_id} is restricted. You must have "
+                            "access to it and be authenticated to access it. Please log in."
+                        ),
+                    )
                 if not repo.granted:
-                    return 403, "GatedRepo", (f"Access to model {repo_id} is restricted and you are not in "
-                                              f"the authorized list. Visit https://huggingface.co/{repo_id} "
-                                              "to ask for access.")
+                    return (
+                        403,
+                        "GatedRepo",
+                        (
+                            f"Access to model {repo_id} is restricted and you are not in "
+                            f"the authorized list. Visit https://huggingface.co/{repo_id} "
+                            "to ask for access."
+                        ),
+                    )
             return None
 
         # -- answers -------------------------------------------------------------------------
@@ -242,22 +253,22 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def _resolve(self, repo_id: str, name: str, snapshot: _Snapshot, head: bool) -> None:
             data = snapshot.files.get(name)
             if data is None:
-                return self._error(404, "EntryNotFound", f"{name} does not exist",
-                                   {"X-Repo-Commit": snapshot.commit})
+                return self._error(404, "EntryNotFound", f"{name} does not exist", {"X-Repo-Commit": snapshot.commit})
             headers = {"X-Repo-Commit": snapshot.commit}
             if name.endswith(LFS_SUFFIXES):
                 sha256 = hashlib.sha256(data).hexdigest()
-                headers.update({
-                    "Location": f"{hub.cdn_url}/cdn/{sha256}",
-                    "X-Linked-Etag": f'"{sha256}"',
-                    "X-Linked-Size": str(len(data)),
-                    "ETag": f'"{git_blob_sha1(data)}"',
-                })
+                headers.update(
+                    {
+                        "Location": f"{hub.cdn_url}/cdn/{sha256}",
+                        "X-Linked-Etag": f'"{sha256}"',
+                        "X-Linked-Size": str(len(data)),
+                        "ETag": f'"{git_blob_sha1(data)}"',
+                    }
+                )
                 return self._send(302, b"", headers, head)
             return self._send_bytes(repo_id, name, data, head, headers)
 
-        def _send_bytes(self, repo_id: str, name: str, data: bytes, head: bool,
-                        headers: dict[str, str]) -> None:
+        def _send_bytes(self, repo_id: str, name: str, data: bytes, head: bool, headers: dict[str, str]) -> None:
             etag = hashlib.sha256(data).hexdigest() if name.endswith(LFS_SUFFIXES) else git_blob_sha1(data)
             headers = {**headers, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
             fault = None if head else hub._next_fault(repo_id, name)
@@ -270,7 +281,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 end = min(int(match[2]), total - 1) if match[2] else total - 1
                 if start >= total:
                     return self._send(416, b"", {"Content-Range": f"bytes */{total}"})
-                data, status = data[start:end + 1], 206
+                data, status = data[start : end + 1], 206
                 headers["Content-Range"] = f"bytes {start}-{end}/{total}"
             if fault is not None:  # ("drop", n): promise everything, deliver n bytes, hang up
                 self._send_head(status, len(data), headers)
@@ -280,8 +291,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return None
             return self._send(status, data, headers, head)
 
-        def _error(self, status: int, code: str | None, message: str,
-                   extra: dict[str, str] | None = None) -> None:
+        def _error(self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None) -> None:
             headers = {"X-Error-Message": message, "Content-Type": "application/json", **(extra or {})}
             if code:
                 headers["X-Error-Code"] = code

@@ -18,13 +18,26 @@ PG1_HUB = {
     "projection_dim": 2048,
     "image_token_index": 257152,
     "text_config": {
-        "hidden_size": 2048, "intermediate_size": 16384, "model_type": "gemma", "num_attention_heads": 8,
-        "num_hidden_layers": 18, "num_image_tokens": 256, "num_key_value_heads": 1, "vocab_size": 257216,
+        "hidden_size": 2048,
+        "intermediate_size": 16384,
+        "model_type": "gemma",
+        "num_attention_heads": 8,
+        "num_hidden_layers": 18,
+        "num_image_tokens": 256,
+        "num_key_value_heads": 1,
+        "vocab_size": 257216,
     },
     "vision_config": {
-        "hidden_size": 1152, "intermediate_size": 4304, "model_type": "siglip_vision_model",
-        "num_attention_heads": 16, "num_hidden_layers": 27, "num_image_tokens": 256, "patch_size": 14,
-        "projection_dim": 2048, "projector_hidden_act": "gelu_fast", "vision_use_head": False,
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "model_type": "siglip_vision_model",
+        "num_attention_heads": 16,
+        "num_hidden_layers": 27,
+        "num_image_tokens": 256,
+        "patch_size": 14,
+        "projection_dim": 2048,
+        "projector_hidden_act": "gelu_fast",
+        "vision_use_head": False,
     },
 }
 
@@ -40,7 +53,13 @@ def test_pg1_hub_config_fills_paligemma_defaults():
 
 
 def _pg2(hidden, heads, kv, **extra):
-    text = {"model_type": "gemma2", "hidden_size": hidden, "num_attention_heads": heads, "num_key_value_heads": kv, **extra}
+    text = {
+        "model_type": "gemma2",
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        **extra,
+    }
     return {"model_type": "paligemma", "text_config": text, "vision_config": {"image_size": 448}}
 
 

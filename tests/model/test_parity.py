@@ -10,18 +10,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.model.config import load_config
-from engine.generate import generate_tokens
-from engine.samplers import greedy
 from engine.checkpoints.weights import load_backbone
+from engine.generate import generate_tokens
+from engine.model.config import load_config
+from engine.samplers import greedy
 from tests.helpers.checkpoints import IMAGE_TOKEN_ID, TOKENIZER_VOCAB, TinySpec
 
 SPECS = {
     "pg1-mqa-28px": TinySpec(),
     "pg1-gqa-42px": TinySpec(heads=4, kv_heads=2, image_size=42, layers=3),
     "pg1-odd": TinySpec(
-        hidden=48, intermediate=77, heads=3, kv_heads=3, head_dim=20,
-        vision_hidden=24, vision_heads=3, vision_intermediate=40, image_size=35, patch=5,
+        hidden=48,
+        intermediate=77,
+        heads=3,
+        kv_heads=3,
+        head_dim=20,
+        vision_hidden=24,
+        vision_heads=3,
+        vision_intermediate=40,
+        image_size=35,
+        patch=5,
     ),
     "pg2-kv2": TinySpec(family="gemma2", kv_heads=2, layers=3),
     "pg2-kv4-42px": TinySpec(family="gemma2", heads=4, kv_heads=4, image_size=42),
@@ -88,8 +96,14 @@ def _greedy_reference(ref, n_img, pixels, prompts, new_tokens, suppress_from):
         ids[i, -len(row) :] = torch.tensor(row)
         mask[i, -len(row) :] = 1
     out = ref.generate(
-        input_ids=ids, attention_mask=mask, pixel_values=pixels, token_type_ids=torch.zeros_like(ids),
-        max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=pixels,
+        token_type_ids=torch.zeros_like(ids),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
         suppress_tokens=list(range(suppress_from, ref.config.text_config.vocab_size)),
     )
     return out[:, n_img + t :].tolist()
@@ -110,7 +124,10 @@ def test_greedy_tokens_match_reference_batched_and_single(checkpoints, name):
     expected = _greedy_reference(ref, ours.num_image_tokens, pixels, prompts, steps, TOKENIZER_VOCAB)
     batched = generate_tokens(ours, pixels, prompts, [steps] * 3, greedy, vocab_limit=TOKENIZER_VOCAB)
     assert batched == expected
-    single = [generate_tokens(ours, pixels[i : i + 1], [p], [steps], greedy, vocab_limit=TOKENIZER_VOCAB)[0] for i, p in enumerate(prompts)]
+    single = [
+        generate_tokens(ours, pixels[i : i + 1], [p], [steps], greedy, vocab_limit=TOKENIZER_VOCAB)[0]
+        for i, p in enumerate(prompts)
+    ]
     assert single == batched
     assert len({tuple(r) for r in batched}) > 1, "rows should differ; identical rows would hide batching bugs"
 

@@ -35,8 +35,13 @@ def hf_image_processor():
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     return SiglipImageProcessorPil(
-        size={"height": 32, "width": 32}, resample=3, do_rescale=True, rescale_factor=1 / 255,
-        do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        size={"height": 32, "width": 32},
+        resample=3,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
     )
 
 

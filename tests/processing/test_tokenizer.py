@@ -39,7 +39,9 @@ def test_newline_is_one_piece(tiny_tokenizer: PaliGemmaTokenizer, raw_sp: spm.Se
 
 
 @pytest.mark.parametrize("i", [0, 1, 51, 309, 646, 708, 1023])
-def test_loc_tokens_are_single_ids(tiny_tokenizer: PaliGemmaTokenizer, raw_sp: spm.SentencePieceProcessor, i: int) -> None:
+def test_loc_tokens_are_single_ids(
+    tiny_tokenizer: PaliGemmaTokenizer, raw_sp: spm.SentencePieceProcessor, i: int
+) -> None:
     text = f"<loc{i:04d}>"
     token_id = tiny_tokenizer.loc_token_id(i)
     assert token_id == raw_sp.piece_to_id(text)
@@ -48,7 +50,9 @@ def test_loc_tokens_are_single_ids(tiny_tokenizer: PaliGemmaTokenizer, raw_sp: s
 
 
 @pytest.mark.parametrize("i", [0, 7, 64, 127])
-def test_seg_tokens_are_single_ids(tiny_tokenizer: PaliGemmaTokenizer, raw_sp: spm.SentencePieceProcessor, i: int) -> None:
+def test_seg_tokens_are_single_ids(
+    tiny_tokenizer: PaliGemmaTokenizer, raw_sp: spm.SentencePieceProcessor, i: int
+) -> None:
     text = f"<seg{i:03d}>"
     token_id = tiny_tokenizer.seg_token_id(i)
     assert token_id == raw_sp.piece_to_id(text)
@@ -156,8 +160,13 @@ def _train(path: Path, vocab_size: int = 60, **options) -> Path:
     model = io.BytesIO()
     corpus = ["the cat sat on the mat", "a dog ran in the park", "red green blue"] * 50
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=model, vocab_size=vocab_size, minloglevel=2,
-        hard_vocab_limit=False, num_threads=1, **options,
+        sentence_iterator=iter(corpus),
+        model_writer=model,
+        vocab_size=vocab_size,
+        minloglevel=2,
+        hard_vocab_limit=False,
+        num_threads=1,
+        **options,
     )
     path.write_bytes(model.getvalue())
     return path
@@ -173,8 +182,15 @@ def test_non_paligemma_special_ids_are_rejected(tmp_path: Path) -> None:
 
 def test_tokenizer_without_loc_tokens_is_rejected(tmp_path: Path) -> None:
     path = _train(
-        tmp_path / "tokenizer.model", pad_id=0, eos_id=1, bos_id=2, unk_id=3, user_defined_symbols=["\n"],
-        add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        tmp_path / "tokenizer.model",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        user_defined_symbols=["\n"],
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
     )
     with pytest.raises(TokenizerLoadError, match="<loc0000>"):
         PaliGemmaTokenizer(path)
@@ -184,9 +200,16 @@ def test_pad_declared_only_as_a_piece_is_accepted(tmp_path: Path) -> None:
     # A model trained without a pad id (SentencePiece reports -1) but with "<pad>" at id 0 still
     # follows PaliGemma's layout.
     path = _train(
-        tmp_path / "tokenizer.model", vocab_size=1250, pad_id=-1, eos_id=1, bos_id=2, unk_id=3,
+        tmp_path / "tokenizer.model",
+        vocab_size=1250,
+        pad_id=-1,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
         user_defined_symbols=["<pad>", "\n", *LOC_TOKENS, *SEG_TOKENS],
-        add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
     )
     tokenizer = PaliGemmaTokenizer(path)
     assert (tokenizer.pad_token_id, tokenizer.end_token_id, tokenizer.start_token_id) == (0, 1, 2)

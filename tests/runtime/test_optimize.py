@@ -8,13 +8,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.checkpoints.weights import load_backbone
 from engine.model.config import load_config
-from engine.runtime.optimize import (
-    GEMV_MAX_ROWS, CpuLinear, CpuTiedEmbedding, UpcastAttention, converted_linear, linear, matmul_dtype, optimize, scratch,
-)
 from engine.model.ops import attention
 from engine.runtime.devices import cpu_has_fast_bf16
-from engine.checkpoints.weights import load_backbone
+from engine.runtime.optimize import (
+    GEMV_MAX_ROWS,
+    CpuLinear,
+    CpuTiedEmbedding,
+    UpcastAttention,
+    converted_linear,
+    linear,
+    matmul_dtype,
+    optimize,
+    scratch,
+)
 from tests.helpers.checkpoints import TinySpec
 
 CPU = torch.device("cpu")

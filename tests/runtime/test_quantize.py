@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.causal_lm import PaliGemmaCausalLM
-from engine.model.config import load_config
+from engine.checkpoints.weights import load_backbone
 from engine.generate import generate_tokens
+from engine.model.config import load_config
+from engine.model.text import TiedEmbedding
 from engine.runtime.quantize import (
     PACK_MAX_ROWS,
     Int8Linear,
@@ -23,8 +25,6 @@ from engine.runtime.quantize import (
     quantize_rows,
 )
 from engine.samplers import greedy
-from engine.model.text import TiedEmbedding
-from engine.checkpoints.weights import load_backbone
 from tests.helpers.checkpoints import TinySpec
 
 SPEC = TinySpec()
