@@ -87,7 +87,7 @@ class PaliGemmaCausalLM:
         torch_dtype, reason = resolve_dtype(dtype, torch_device)
         if quantize:
             from engine.checkpoints.hub import default_cache_dir
-            from engine.runtime.quantize import load_quantized_backbone
+            from engine.checkpoints.quantized_cache import load_quantized_backbone
 
             cache_root = default_cache_dir(cache_dir)
             backbone = load_quantized_backbone(directory, config, quantize, torch_dtype, torch_device, cache_root)

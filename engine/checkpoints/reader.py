@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine.runtime.optimize import scratch
+from engine.runtime.kernels import scratch
 
 READ_CHUNK_BYTES = 16 * 1024**2  # source bytes read per step: the only extra memory a load uses
 

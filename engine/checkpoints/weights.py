@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from engine.checkpoints.reader import TensorReader
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import PaliGemmaConfig
+from engine.runtime.kernels import aligned
 from engine.runtime.memory import empty_weight
 
 # (checkpoint pattern, our name). Anchored at the start; the first match wins.
@@ -130,7 +131,7 @@ def _read(
     if device.type != "cpu":
         return f.get_tensor(ckpt_name).to(device=device, dtype=dtype)
     if reader.dtype(ckpt_name) == dtype:
-        return f.get_tensor(ckpt_name)
+        return aligned(f.get_tensor(ckpt_name))  # in place unless the file misaligns it for its dtype
     return reader.read_into(ckpt_name, empty_weight(shape, dtype))
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
+
+from engine.runtime.capabilities import CpuCapabilities, cpu_capabilities
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -21,23 +21,10 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available; use --device cpu or auto")
+        raise ValueError(f"device {spec!r} requested but CUDA is not available; use device 'cpu' or 'auto'")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {spec!r} requested but MPS is not available; use --device cpu or auto")
+        raise ValueError(f"device {spec!r} requested but MPS is not available; use device 'cpu' or 'auto'")
     return device
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where bf16 matmuls run in hardware (AVX512-BF16 or AMX); elsewhere torch emulates bf16
-    and float32 is faster."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # private helpers moved: fall back to the kernel's flags
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _mps_supports_bf16() -> bool:
@@ -48,8 +35,11 @@ def _mps_supports_bf16() -> bool:
         return False
 
 
-def resolve_dtype(spec: str | torch.dtype, device: torch.device) -> tuple[torch.dtype, str]:
-    """The dtype to run in and a short reason, for "auto" or an explicit name."""
+def resolve_dtype(
+    spec: str | torch.dtype, device: torch.device, cpu: CpuCapabilities | None = None
+) -> tuple[torch.dtype, str]:
+    """The dtype to run in and a short reason, for "auto" or an explicit name. On CPU "auto" follows
+    ``cpu`` (default: :func:`cpu_capabilities`): bf16 only where its matmuls run in hardware."""
     if isinstance(spec, torch.dtype):
         return spec, "requested"
     name = DTYPE_ALIASES.get(spec, spec)
@@ -65,7 +55,7 @@ def resolve_dtype(spec: str | torch.dtype, device: torch.device) -> tuple[torch.
         if _mps_supports_bf16():
             return torch.bfloat16, "MPS supports bfloat16"
         return torch.float32, "MPS lacks bfloat16 on this macOS"
-    if cpu_has_fast_bf16():
+    if (cpu or cpu_capabilities()).fast_bf16:
         return torch.bfloat16, "CPU has AVX512-BF16/AMX"
     return torch.float32, "CPU lacks AVX512-BF16/AMX, where bfloat16 is emulated and slower"
 

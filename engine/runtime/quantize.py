@@ -5,48 +5,43 @@ and the tied embedding / LM head for int8 versions: one int8 per weight plus one
 (symmetric, absmax / 127). Activations, norms, the patch convolution and the position table keep the
 model's dtype. Decode reads about half the bytes of bf16 (a quarter of fp32).
 
-Kernels (chosen per call from the number of rows, not by flags):
+Kernels (the dtype is chosen when the model is quantized, from the device and the CPU's
+capabilities; per call only the number of rows decides):
 * few rows (decode): torch's ``_weight_int8pack_mm`` on CPU, fed bf16 activations -- its fp32 path is
-  ~10x slower, and rounding activations to bf16 costs less accuracy than the int8 weights themselves;
-* many rows (prefill, vision tower), and devices without that kernel: the weight is dequantized into a
-  reused scratch buffer and multiplied in the fastest matmul dtype (``optimize.matmul_dtype``: fp32 on
-  CPUs without fast bf16, else the model dtype), a slice of rows at a time (optimize.converted_linear).
+  ~10x slower, and rounding activations to bf16 costs less accuracy than the int8 weights themselves.
+  It is only handed weights it is safe for (:func:`packed_kernel_safe`): on AVX512 CPUs it crashes
+  on a weight that is not 16-byte aligned or whose rows are not a multiple of 16 bytes long;
+* many rows (prefill, vision tower), unsafe weights, and devices without that kernel: the weight is
+  dequantized into a reused scratch buffer and multiplied in ``compute_dtype`` (fp32 on CPUs
+  without fast bf16, else the model dtype), a slice of rows at a time (kernels.converted_linear).
 
 Scales are stored in bf16 (what the int8 kernel takes); weights are rounded against the bf16 scale,
-so dequantization is exact arithmetic on the stored values.
-
-Cache: quantizing 3B weights takes tens of seconds, so ``from_preset(..., quantize="int8")`` saves
-the quantized state once (``cache_path``) and later loads it like any safetensors checkpoint
-(memory-mapped, no copy).
+so dequantization is exact arithmetic on the stored values. The on-disk cache is
+engine.checkpoints.quantized_cache.
 """
 
 from __future__ import annotations
-
-import hashlib
-import os
-import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.checkpoints.weights import load_backbone, weight_files
 from engine.model.backbone import PaliGemmaBackbone
-from engine.model.config import PaliGemmaConfig
-from engine.runtime.optimize import (
+from engine.runtime.capabilities import CpuCapabilities, cpu_capabilities
+from engine.runtime.kernels import (
+    PACKED_ALIGNMENT,
     SCRATCH_BYTES,
     converted_linear,
+    is_aligned,
     linear,
-    matmul_dtype,
     needs_grad,
     scratch,
-    swap_linears,
 )
+from engine.runtime.optimize import matmul_dtype, swap_linears
 
 QUANT_MODES = ("int8",)
-CACHE_VERSION = 1  # bump when the stored layout changes, so stale caches are never read
 PACK_MAX_ROWS = 32  # up to here _weight_int8pack_mm beats dequantize + GEMM (benchmarks/floors.py)
+PACK_ROW_MULTIPLE = 16  # int8 row lengths the packed kernel is safe for (bytes)
 
 
 class QuantizeError(ValueError):
@@ -84,15 +79,31 @@ def dequantize(
     return out.copy_(q).mul_(scale.to(dtype)[:, None])
 
 
-def _use_int8_kernel(x: torch.Tensor, q: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.numel() <= PACK_MAX_ROWS * q.shape[1] and not needs_grad(x)
+def packed_kernel_safe(q: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether torch's packed int8 GEMV may read ``q`` and ``scale``: contiguous, 64-byte aligned
+    (memory-mapped files put tensors wherever their header ends), rows a multiple of 16 bytes."""
+    return (
+        q.is_contiguous()
+        and q.shape[1] % PACK_ROW_MULTIPLE == 0
+        and is_aligned(q, PACKED_ALIGNMENT)
+        and is_aligned(scale, PACKED_ALIGNMENT)
+    )
 
 
-def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x float[..., K] @ dequant(q)[N, K].T -> float[..., N] in x's dtype."""
-    rows = x.reshape(-1, x.shape[-1])
-    compute_dtype = matmul_dtype(x.device, x.dtype)
-    if _use_int8_kernel(x, q):
+def _use_int8_kernel(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.numel() <= PACK_MAX_ROWS * q.shape[1]
+        and not needs_grad(x)
+        and packed_kernel_safe(q, scale)
+    )
+
+
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+    """x float[..., K] @ dequant(q)[N, K].T -> float[..., N] in x's dtype; matmuls that do not take
+    the packed kernel run in ``compute_dtype``."""
+    rows = x.reshape(-1, x.shape[-1])  # (M, K)
+    if _use_int8_kernel(x, q, scale):
         y = torch.ops.aten._weight_int8pack_mm(rows.to(torch.bfloat16).contiguous(), q, scale)
     elif needs_grad(x):
         y = linear(rows.to(compute_dtype), dequantize(q, scale, compute_dtype))
@@ -102,11 +113,24 @@ def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.
 
 
 class Int8Linear(nn.Module):
-    """Linear layer with int8 weights and per-output-row scales; activations in their own dtype."""
+    """Linear layer with int8 weights and per-output-row scales; activations in their own dtype,
+    matmuls off the packed kernel in ``compute_dtype``."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device=None):
+    weight: torch.Tensor  # int8[N, K] (a buffer)
+    scale: torch.Tensor  # bf16[N]
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        dtype: torch.dtype,
+        compute_dtype: torch.dtype,
+        device: torch.device | None = None,
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype = compute_dtype
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scale", torch.empty(out_features, dtype=torch.bfloat16, device=device))
         self.bias = (
@@ -114,9 +138,9 @@ class Int8Linear(nn.Module):
         )
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype | None = None) -> Int8Linear:
+    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype, compute_dtype: torch.dtype) -> Int8Linear:
         w = linear.weight
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype or w.dtype, w.device)
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype, compute_dtype, w.device)
         if not w.is_meta:
             new.weight, new.scale = quantize_rows(w)
             if linear.bias is not None:
@@ -124,26 +148,35 @@ class Int8Linear(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = int8_matmul(x, self.weight, self.scale)
+        y = int8_matmul(x, self.weight, self.scale, self.compute_dtype)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        shape = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{shape}, int8, compute_dtype={self.compute_dtype}"
 
 
 class Int8TiedEmbedding(nn.Module):
     """The tied token embedding / LM head in int8 (same interface as text.TiedEmbedding)."""
 
-    def __init__(self, num: int, dim: int, dtype: torch.dtype, device=None):
+    weight: torch.Tensor  # int8[V, H] (a buffer)
+    scale: torch.Tensor  # bf16[V]
+
+    def __init__(
+        self, num: int, dim: int, dtype: torch.dtype, compute_dtype: torch.dtype, device: torch.device | None = None
+    ):
         super().__init__()
         self._dtype = dtype  # of the activations it produces
+        self.compute_dtype = compute_dtype
         self.register_buffer("weight", torch.empty(num, dim, dtype=torch.int8, device=device))
         self.register_buffer("scale", torch.empty(num, dtype=torch.bfloat16, device=device))
 
     @classmethod
-    def from_embedding(cls, embedding: nn.Embedding, dtype: torch.dtype | None = None) -> Int8TiedEmbedding:
+    def from_embedding(
+        cls, embedding: nn.Embedding, dtype: torch.dtype, compute_dtype: torch.dtype
+    ) -> Int8TiedEmbedding:
         w = embedding.weight
-        new = cls(w.shape[0], w.shape[1], dtype or w.dtype, w.device)
+        new = cls(w.shape[0], w.shape[1], dtype, compute_dtype, w.device)
         if not w.is_meta:
             new.weight, new.scale = quantize_rows(w)
         return new
@@ -157,106 +190,28 @@ class Int8TiedEmbedding(nn.Module):
         return rows * self.scale[token_ids].to(self._dtype)[..., None]
 
     def attend(self, hidden: torch.Tensor) -> torch.Tensor:
-        if _use_int8_kernel(hidden, self.weight):
-            return int8_matmul(hidden, self.weight, self.scale)
-        dtype = matmul_dtype(hidden.device, hidden.dtype)
-        rows = hidden.reshape(-1, hidden.shape[-1]).to(dtype)
-        if needs_grad(hidden):
-            y = linear(rows, dequantize(self.weight, self.scale, dtype))
-        else:
-            y = converted_linear(rows, self.weight, dtype, scale=self.scale)
-        return y.to(hidden.dtype).view(*hidden.shape[:-1], -1)
+        return int8_matmul(hidden, self.weight, self.scale, self.compute_dtype)
 
 
-def quantize_backbone(backbone: nn.Module, mode: str = "int8", dtype: torch.dtype | None = None) -> nn.Module:
-    """Swap linears and the tied embedding for quantized versions, in place. On the meta device
-    (to be filled from a cache) ``dtype`` gives the activation dtype the weights will not tell."""
-    check_mode(mode)
-    swap_linears(backbone, lambda linear: Int8Linear.from_linear(linear, dtype))
-    lm = backbone.language_model
-    lm.embed_tokens = Int8TiedEmbedding.from_embedding(lm.embed_tokens, dtype)
-    return backbone
-
-
-# ---------------------------------------------------------------------------------------- cache
-
-
-def cache_key(checkpoint_dir: Path, weight_files: list[Path], mode: str, dtype: torch.dtype, extra: str = "") -> str:
-    """Identity of a quantized state: the source files (path, size, mtime), mode, dtype, layout."""
-    h = hashlib.sha256()
-    for f in weight_files:
-        st = os.stat(f)
-        h.update(f"{os.path.realpath(f)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    h.update(f"{mode}|{dtype}|v{CACHE_VERSION}|{extra}".encode())
-    return h.hexdigest()[:24]
-
-
-def cache_path(
-    cache_root: Path, checkpoint_dir: Path, weight_files: list[Path], mode: str, dtype: torch.dtype, extra: str = ""
-) -> Path:
-    name = Path(checkpoint_dir).resolve().name or "model"
-    return (
-        Path(cache_root)
-        / "quantized"
-        / f"{name}-{mode}-{str(dtype).removeprefix('torch.')}-{cache_key(checkpoint_dir, weight_files, mode, dtype, extra)}.safetensors"
-    )
-
-
-def save_quantized(backbone: nn.Module, path: Path, mode: str) -> Path:
-    """Write the whole quantized state (every tensor) atomically: a crash leaves no half file."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(state, tmp, metadata={"format": "pt", "pali_quantize": mode, "pali_cache_version": str(CACHE_VERSION)})
-    os.replace(tmp, path)
-    return path
-
-
-def load_quantized(backbone: nn.Module, path: Path, device: torch.device) -> nn.Module:
-    """Fill a meta-device quantized backbone from a cache file (memory-mapped when on CPU)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise QuantizeError(f"{path}: unreadable quantized cache ({e}); delete it to rebuild") from None
-    if device.type != "cpu":
-        state = {k: v.to(device) for k, v in state.items()}
-    try:
-        backbone.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise QuantizeError(
-            f"{path}: does not match the model ({str(e).splitlines()[0]}); delete it to rebuild"
-        ) from None
-    return backbone.eval().requires_grad_(False)
-
-
-def load_quantized_backbone(
-    checkpoint_dir: str | Path,
-    config: PaliGemmaConfig,
-    mode: str,
-    dtype: torch.dtype,
-    device: torch.device,
-    cache_root: str | Path,
+def quantize_backbone(
+    backbone: PaliGemmaBackbone,
+    mode: str = "int8",
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+    cpu: CpuCapabilities | None = None,
 ) -> PaliGemmaBackbone:
-    """The checkpoint's backbone quantized with ``mode``: from the cache when present, else loaded,
-    quantized and cached (an unwritable cache only costs the next run the same work again)."""
+    """Swap linears and the tied embedding for quantized versions, in place. ``dtype`` is the
+    activation dtype (default: the weights'; on the meta device, to be filled from a cache, the
+    weights cannot tell), ``device`` where the model will run (default: where its weights are) and
+    ``cpu`` the capabilities the matmul dtype is chosen for (default: :func:`cpu_capabilities`)."""
     check_mode(mode)
-    checkpoint_dir = Path(checkpoint_dir)
-    sources = [checkpoint_dir / "config.json", *weight_files(checkpoint_dir)]
-    path = cache_path(Path(cache_root), checkpoint_dir, sources, mode, dtype)
-    if path.exists():
-        with torch.device("meta"):
-            backbone = quantize_backbone(PaliGemmaBackbone(config), mode, dtype)
-        return load_quantized(backbone, path, device)
-    backbone = quantize_backbone(load_backbone(checkpoint_dir, config, dtype, device), mode)
-    try:
-        save_quantized(backbone, path, mode)
-    except OSError as e:
-        warnings.warn(
-            f"could not cache quantized weights at {path} ({e}); the next load will quantize again", stacklevel=2
-        )
+    lm = backbone.language_model
+    embed = lm.embed_tokens
+    if not isinstance(embed, nn.Embedding):
+        raise QuantizeError(f"the model is quantized already ({type(embed).__name__}); load it afresh to quantize")
+    act = dtype or embed.weight.dtype
+    compute = matmul_dtype(device or embed.weight.device, act, cpu_capabilities() if cpu is None else cpu)
+    swap_linears(backbone, lambda linear: Int8Linear.from_linear(linear, act, compute))
+    # duck-typed: the same forward/attend/dtype as TiedEmbedding (see its docstring)
+    lm.embed_tokens = Int8TiedEmbedding.from_embedding(embed, act, compute)  # type: ignore[assignment]
     return backbone

@@ -1,6 +1,7 @@
-"""How the loader uses memory (engine.checkpoints.reader, engine.runtime.memory): CPU weights are read into memory of their own, large
-ones on huge pages where the kernel offers them, through one small buffer (never a second copy of a
-shard, not even as mapped file pages), casting on the way."""
+"""How the loader uses memory (engine.checkpoints.reader, engine.runtime.memory): CPU weights are
+read into memory of their own, large ones on huge pages where the kernel offers them, through one
+small buffer (never a second copy of a shard, not even as mapped file pages), casting on the way;
+tensors a file misaligns for their dtype are copied."""
 
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ def _vm_flags(address: int) -> list[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_same_dtype_is_memory_mapped_and_casts_are_not(checkpoints):
     path = checkpoints.checkpoint(SPEC, dtype=torch.bfloat16)
-    in_file = lambda t: any(
-        lo <= t.data_ptr() < hi and name.endswith(".safetensors") for lo, hi, name in _file_mappings()
-    )
+
+    def in_file(t):
+        return any(lo <= t.data_ptr() < hi and name.endswith(".safetensors") for lo, hi, name in _file_mappings())
+
     model = load_backbone(path, load_config(path), torch.bfloat16)
     assert in_file(model.language_model.layers[0].mlp.up_proj.weight)
     assert not in_file(model.language_model.norm.weight)  # kept in fp32, so cast: memory of its own
@@ -109,3 +111,32 @@ def test_cast_in_slices_is_exact(checkpoints, monkeypatch, chunk_bytes):
         patch = f.get_tensor("vision_tower.vision_model.embeddings.patch_embedding.weight")  # 4-D
     assert torch.equal(model.language_model.embed_tokens.weight, embed.bfloat16())
     assert torch.equal(model.vision_tower.patch_embedding.weight, patch.bfloat16())
+
+
+@pytest.mark.parametrize("shift", [1, 2, 4, 8])
+def test_tensors_misaligned_for_their_dtype_are_copied_the_rest_stay_mapped(checkpoints, tmp_path, shift):
+    """A file whose data section starts off a boundary (headers have arbitrary lengths): a tensor
+    that lands off its element alignment is copied before any kernel sees it; one that is
+    element-aligned stays memory-mapped (dense kernels need no more; the kernel battery in
+    tests/runtime/test_kernel_safety.py checks them at every offset)."""
+    from safetensors.torch import load_file
+
+    from tests.helpers.checkpoints import write_safetensors_at
+
+    src = checkpoints.checkpoint(SPEC)
+    path = tmp_path / "ckpt"
+    shutil.copytree(src, path)
+    original = load_file(str(src / "model.safetensors"))
+    write_safetensors_at(path / "model.safetensors", original, shift)
+    model = load_backbone(path, load_config(path), torch.float32)
+    state = model.state_dict()
+    reference = load_backbone(src, load_config(src), torch.float32).state_dict()
+    mapped = 0
+    for name, t in state.items():
+        assert t.data_ptr() % t.element_size() == 0, name
+        assert torch.equal(t, reference[name]), name
+        mapped += any(lo <= t.data_ptr() < hi and n.endswith(".safetensors") for lo, hi, n in _file_mappings())
+    if shift % 4 == 0:
+        assert mapped  # fp32 tensors at 4- or 8-byte offsets are used in place
+    else:
+        assert not mapped  # every fp32 tensor sits at an odd or 2-mod-4 address: all copied

@@ -191,3 +191,25 @@ def save_checkpoint(model, path: str | Path, naming: str = "hub", shards: int = 
 def make_tiny_checkpoint(path: str | Path, spec: TinySpec = TinySpec(), seed: int = 0, **kw) -> Path:
     """Build a random reference model and save it; returns the checkpoint directory."""
     return save_checkpoint(build_reference(spec, seed), path, **kw)
+
+
+def write_safetensors_at(path: str | Path, tensors: dict, shift: int, metadata: dict | None = None) -> Path:
+    """A safetensors file with ``tensors`` back to back (name order) and the data section starting
+    ``shift`` bytes past a 64-byte boundary: memory-mapped, every tensor sits off its natural
+    alignment when ``shift`` is odd. Any safetensors reader accepts it."""
+    codes = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int8: "I8", torch.uint8: "U8"}
+    header: dict = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": codes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    text += b" " * ((-(8 + len(text)) % 64) + shift)
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for name in sorted(tensors):
+            f.write(tensors[name].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return path

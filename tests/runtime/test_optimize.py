@@ -11,28 +11,30 @@ from torch import nn
 from engine.checkpoints.weights import load_backbone
 from engine.model.config import load_config
 from engine.model.ops import attention
-from engine.runtime.devices import cpu_has_fast_bf16
+from engine.runtime.capabilities import AMX, AVX2, AVX512, CpuCapabilities
+from engine.runtime.kernels import converted_linear, linear, scratch
 from engine.runtime.optimize import (
     GEMV_MAX_ROWS,
     CpuLinear,
     CpuTiedEmbedding,
     UpcastAttention,
-    converted_linear,
-    linear,
     matmul_dtype,
     optimize,
-    scratch,
 )
 from tests.helpers.checkpoints import TinySpec
 
 CPU = torch.device("cpu")
+# Both kinds of CPU the project runs on, whatever this host is: every choice below is pure Python
+# over torch kernels that run anywhere, so both sets of choices are checked on every machine.
+CPUS = pytest.mark.parametrize("cpu", [AVX2, AVX512, AMX], ids=["avx2", "avx512", "amx"])
 
 
-def test_matmul_dtype_follows_the_cpu():
-    assert matmul_dtype(CPU, torch.float32) == torch.float32
-    expected = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-    assert matmul_dtype(CPU, torch.bfloat16) == expected
-    assert matmul_dtype(torch.device("meta"), torch.bfloat16) == torch.bfloat16  # only CPUs emulate bf16
+@CPUS
+def test_matmul_dtype_follows_the_cpu(cpu: CpuCapabilities):
+    assert matmul_dtype(CPU, torch.float32, cpu) == torch.float32
+    expected = torch.bfloat16 if cpu.fast_bf16 else torch.float32  # AVX512 without its BF16 extension emulates
+    assert matmul_dtype(CPU, torch.bfloat16, cpu) == expected
+    assert matmul_dtype(torch.device("meta"), torch.bfloat16, cpu) == torch.bfloat16  # only CPUs emulate bf16
 
 
 @pytest.mark.parametrize("rows", [1, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1, 300])
@@ -83,8 +85,8 @@ def test_cpu_linear_trains():
 
 @pytest.mark.parametrize("scratch_bytes", [1, 1000, 10**9])  # one row at a time, a few rows, all at once
 def test_converted_linear_in_slices(monkeypatch, scratch_bytes):
-    monkeypatch.setattr("engine.runtime.optimize.SCRATCH_BYTES", scratch_bytes)
-    monkeypatch.setattr("engine.runtime.optimize.SMALL_SCRATCH_BYTES", scratch_bytes)
+    monkeypatch.setattr("engine.runtime.kernels.SCRATCH_BYTES", scratch_bytes)
+    monkeypatch.setattr("engine.runtime.kernels.SMALL_SCRATCH_BYTES", scratch_bytes)
     torch.manual_seed(0)
     x = torch.randn(7, 24)
     w = torch.randn(50, 24).bfloat16()
@@ -136,20 +138,26 @@ def _load(path, dtype):
     return load_backbone(path, load_config(path), dtype)
 
 
+@CPUS
 @pytest.mark.parametrize("spec", [TinySpec(), TinySpec(family="gemma2", kv_heads=2)], ids=["pg1", "pg2"])
-def test_optimized_bf16_model(checkpoints, spec):
-    """On CPUs without fast bf16 the optimised bf16 model does its large matmuls in fp32, so it is
-    about as close to the fp32 model as the plain bf16 model is (stated tolerance: max |diff| of the
-    logits no more than 1.5x the plain bf16 model's). CpuLinear itself is checked bit for bit above."""
+def test_optimized_bf16_model(checkpoints, spec, cpu):
+    """On CPUs without fast bf16 the optimised bf16 model does its large matmuls and its attention
+    in fp32, so it is about as close to the fp32 model as the plain bf16 model is (stated tolerance:
+    max |diff| of the logits no more than 1.5x the plain bf16 model's); on CPUs with fast bf16 it
+    keeps torch's bf16 kernels. CpuLinear itself is checked bit for bit above."""
     path = checkpoints.checkpoint(spec)
     ref = _load(path, torch.float32)
     plain = _load(path, torch.bfloat16)
-    fast = optimize(_load(path, torch.bfloat16))
+    fast = optimize(_load(path, torch.bfloat16), cpu)
     swapped = [m for m in fast.modules() if isinstance(m, CpuLinear) and m.weight.dtype == torch.bfloat16]
-    assert bool(swapped) == (not cpu_has_fast_bf16())  # on AMX machines bf16 stays native
     upcast = [layer.self_attn for layer in fast.language_model.layers if isinstance(layer.self_attn, UpcastAttention)]
-    assert len(upcast) == (0 if cpu_has_fast_bf16() else spec_layers(fast))
-    assert isinstance(fast.language_model.embed_tokens, CpuTiedEmbedding) == (not cpu_has_fast_bf16())
+    if cpu.fast_bf16:  # bf16 stays on torch's native (AMX/AVX512-BF16) kernels
+        assert not swapped and not upcast
+        assert type(fast.language_model.embed_tokens) is not CpuTiedEmbedding
+    else:
+        assert len(swapped) == sum(isinstance(m, nn.Linear) for m in plain.modules())
+        assert len(upcast) == spec_layers(fast)
+        assert isinstance(fast.language_model.embed_tokens, CpuTiedEmbedding)
     g = torch.Generator().manual_seed(0)
     pixels = torch.rand(2, 3, spec.image_size, spec.image_size, generator=g) * 2 - 1
     ids = torch.randint(5, 1500, (2, 10), generator=g)
@@ -157,6 +165,8 @@ def test_optimized_bf16_model(checkpoints, spec):
     with torch.inference_mode():
         exact, a, b = ref(pixels, ids), plain(pixels, ids), fast(pixels, ids)
     err_plain, err_fast = (a - exact).abs().max().item(), (b - exact).abs().max().item()
+    if cpu.fast_bf16:
+        assert torch.equal(a, b)  # nothing swapped: the same computation
     assert err_fast <= max(1.5 * err_plain, 1e-3)
 
 
@@ -174,14 +184,15 @@ def test_fp32_linear_kernel(rows):
     assert x.grad is not None
 
 
+@CPUS
 @pytest.mark.parametrize("spec", [TinySpec(), TinySpec(family="gemma2", kv_heads=2)], ids=["pg1", "pg2"])
-def test_optimized_fp32_model_keeps_parity(checkpoints, spec):
+def test_optimized_fp32_model_keeps_parity(checkpoints, spec, cpu):
     """fp32 kernels only change the summation order: logits within 1e-5 of the unoptimised model,
     both for a prefill-sized forward and for skinny (batched-decode) row counts."""
     path = checkpoints.checkpoint(spec)
     plain, fast = _load(path, torch.float32), _load(path, torch.float32)
     embed_weight = fast.language_model.embed_tokens.weight
-    optimize(fast)
+    optimize(fast, cpu)  # fp32 takes oneDNN on every CPU
     assert not any(type(m) is nn.Linear for m in fast.modules())
     assert any(isinstance(m, CpuLinear) for m in fast.modules())
     embed = fast.language_model.embed_tokens

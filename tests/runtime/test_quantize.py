@@ -15,12 +15,15 @@ from engine.checkpoints.weights import load_backbone
 from engine.generate import generate_tokens
 from engine.model.config import load_config
 from engine.model.text import TiedEmbedding
+from engine.runtime.capabilities import AMX, AVX2
+from engine.runtime.optimize import matmul_dtype
 from engine.runtime.quantize import (
     PACK_MAX_ROWS,
     Int8Linear,
     Int8TiedEmbedding,
     QuantizeError,
     dequantize,
+    packed_kernel_safe,
     quantize_backbone,
     quantize_rows,
 )
@@ -29,6 +32,8 @@ from tests.helpers.checkpoints import TinySpec
 
 SPEC = TinySpec()
 SPEC2 = TinySpec(family="gemma2", kv_heads=2)
+CPU = torch.device("cpu")
+CPUS = pytest.mark.parametrize("cpu", [AVX2, AMX], ids=["avx2", "amx"])  # both, on any host
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -48,12 +53,13 @@ def test_rows_round_within_half_a_step():
     assert int(q.abs().max()) == 127
 
 
+@CPUS
 @pytest.mark.parametrize("rows", [1, 3, PACK_MAX_ROWS, PACK_MAX_ROWS + 1, 70])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_matches_dequantized_matmul(rows, dtype):
+def test_linear_matches_dequantized_matmul(rows, dtype, cpu):
     torch.manual_seed(0)
     linear = nn.Linear(96, 80).to(dtype)
-    quant = Int8Linear.from_linear(linear)
+    quant = Int8Linear.from_linear(linear, dtype, matmul_dtype(CPU, dtype, cpu))
     x = torch.randn(2, rows, 96, dtype=dtype)
     expected = F.linear(x.double(), dequantize(quant.weight, quant.scale, torch.float64), linear.bias.double())
     with torch.inference_mode():
@@ -67,7 +73,7 @@ def test_linear_matches_dequantized_matmul(rows, dtype):
 def test_tied_embedding_lookup_and_head():
     torch.manual_seed(0)
     emb = TiedEmbedding(300, 64)
-    quant = Int8TiedEmbedding.from_embedding(emb)
+    quant = Int8TiedEmbedding.from_embedding(emb, torch.float32, torch.float32)
     dense = dequantize(quant.weight, quant.scale, torch.float32)
     ids = torch.tensor([[0, 5, 299], [7, 7, 1]])
     with torch.inference_mode():
@@ -134,7 +140,13 @@ def _quant_files(root):
     return sorted((root / "quantized").glob("*.safetensors")) if (root / "quantized").exists() else []
 
 
-def test_cache_round_trip(checkpoints, tmp_path):
+@pytest.mark.parametrize(
+    "level",
+    [pytest.param(level, marks=pytest.mark.isolated(env={"PALI_CPU": level})) for level in ("avx2", "amx")],
+)
+def test_cache_round_trip(checkpoints, tmp_path, level):
+    """Runs the packed int8 kernel on the memory-mapped cache: in its own process (it crashed
+    whole runs on AVX512 CPUs when the cache was misaligned), with each CPU level's choices."""
     path = checkpoints.checkpoint(SPEC)
     first = PaliGemmaCausalLM.from_preset(path, dtype="bfloat16", device="cpu", quantize="int8", cache_dir=tmp_path)
     files = _quant_files(tmp_path)
@@ -146,7 +158,10 @@ def test_cache_round_trip(checkpoints, tmp_path):
     for k in s1:
         assert s1[k].dtype == s2[k].dtype and torch.equal(s1[k], s2[k]), k
     assert second.dtype == torch.bfloat16
-    assert isinstance(second.backbone.language_model.embed_tokens, Int8TiedEmbedding)
+    head = second.backbone.language_model.embed_tokens
+    assert isinstance(head, Int8TiedEmbedding)
+    assert head.compute_dtype == (torch.bfloat16 if level == "amx" else torch.float32)
+    assert packed_kernel_safe(head.weight, head.scale)  # the cache hands the fast kernel aligned rows
     pixels = torch.rand(1, 3, SPEC.image_size, SPEC.image_size) * 2 - 1
     run = [[2, 40, 41, 4]], [5], greedy
     assert generate_tokens(first.backbone, pixels, *run) == generate_tokens(second.backbone, pixels, *run)
