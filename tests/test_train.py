@@ -139,6 +139,7 @@ def test_lr_schedule_warmup_then_cosine():
     assert _lr_factor(2, None, "cosine")(100) == 1.0 and _lr_factor(0, 10, "constant")(7) == 1.0
 
 
+@pytest.mark.slow  # 80 epochs: 2-3 s on a quiet 2-core machine, 100+ s when the CPUs are shared
 def test_fit_overfits_a_handful_of_examples_and_generates_them(tokenizer):
     lm = tiny_lm(tokenizer)
     torch.set_num_threads(2)
