@@ -4,7 +4,7 @@
     python -m benchmarks.accuracy --preset pali_gemma2_pt_3b_224
     python -m benchmarks.accuracy --modes ours:bf16 hf:bf16  # a subset (our fp32 always runs: the reference)
 
-1. Free-running greedy: 32 tokens from each mode (fp32, bf16, int8, and transformers in fp32 and
+1. Free-running greedy: 32 tokens from each mode (fp32, bf16, int8, int4, and transformers in fp32 and
    bf16); reported as the number of leading tokens equal to our fp32 run's, and the total matches.
 2. Teacher forcing: every mode scores the same sequence (prompt + our fp32 greedy tokens); per
    position, the cosine similarity of its fp32 logits with our fp32 model's, whether the top-1 agrees,
@@ -22,7 +22,7 @@ from pathlib import Path
 from benchmarks.checkpoints import build
 from benchmarks.run import prompt_ids, run_worker
 
-MODES = (("ours", "fp32"), ("ours", "bf16"), ("ours", "int8"), ("hf", "fp32"), ("hf", "bf16"))
+MODES = (("ours", "fp32"), ("ours", "bf16"), ("ours", "int8"), ("ours", "int4"), ("hf", "fp32"), ("hf", "bf16"))
 
 
 def compare(reference, logits) -> dict:

@@ -10,8 +10,8 @@ run one at a time, interleaved (the order of the jobs rotates each run), so drif
 hits both sides alike. Each result is appended as one JSON line to ``--out``; the summary prints
 medians, ratios against transformers, and a top-1 parity check of the greedy tokens (row 0).
 
-Modes: ``bf16`` and ``fp32`` run on both sides; ``int8`` is ours only (``quantize="int8"`` with
-``dtype="auto"``) and is compared with transformers in bf16 and fp32.
+Modes: ``bf16`` and ``fp32`` run on both sides; ``int8`` and ``int4`` are ours only
+(``quantize=...`` with ``dtype="auto"``) and are compared with transformers in bf16 and fp32.
 """
 
 from __future__ import annotations
@@ -28,7 +28,13 @@ from pathlib import Path
 from benchmarks.checkpoints import DEFAULT_PRESETS, build, default_root
 
 PROMPT = "caption en"
-OURS_MODES = {"bf16": ("bfloat16", None), "fp32": ("float32", None), "int8": ("auto", "int8")}
+OURS_MODES = {
+    "bf16": ("bfloat16", None),
+    "fp32": ("float32", None),
+    "int8": ("auto", "int8"),
+    "int4": ("auto", "int4"),
+}
+QUANTIZED = ("int8", "int4")
 HF_MODES = {"bf16": "bfloat16", "fp32": "float32"}
 METRICS = ("ttft_s", "decode_ms_per_token", "images_per_s", "load_s", "import_s", "peak_rss_gib", "weight_gib")
 
@@ -92,7 +98,7 @@ def jobs_for(modes: list[str]) -> list[tuple[str, str]]:
         if mode in HF_MODES:
             jobs.append(("hf", mode))
         jobs.append(("ours", mode))
-    if "int8" in modes and not any(m in HF_MODES for m in modes):
+    if any(m in QUANTIZED for m in modes) and not any(m in HF_MODES for m in modes):
         jobs.append(("hf", "bf16"))
     return jobs
 
@@ -105,23 +111,11 @@ def run(args) -> Path:
         checkpoint = checkpoint or build(preset, args.root)
         ids = prompt_ids(checkpoint)
         jobs = jobs_for(args.modes)
-        if "int8" in args.modes:  # the first quantized load quantizes and fills the cache: time it apart
-            result = run_worker("ours", checkpoint, "int8", 1, 1, ids)
+        for mode in (m for m in args.modes if m in QUANTIZED):  # the first load quantizes and fills the cache
+            result = run_worker("ours", checkpoint, mode, 1, 1, ids)
+            warm = {"preset": preset, "side": "ours", "mode": mode, "batch": 1, "warmup": True}
             with open(out, "a") as f:
-                f.write(
-                    json.dumps(
-                        {
-                            "preset": preset,
-                            "side": "ours",
-                            "mode": "int8",
-                            "batch": 1,
-                            "warmup": True,
-                            "first_quantize_load_s": result.get("load_s"),
-                            **result,
-                        }
-                    )
-                    + "\n"
-                )
+                f.write(json.dumps({**warm, "first_quantize_load_s": result.get("load_s"), **result}) + "\n")
         for r in range(args.runs):
             for batch in args.batches:
                 rotated = jobs[r % len(jobs) :] + jobs[: r % len(jobs)]
@@ -220,7 +214,7 @@ def summarize(path: Path) -> str:
             for r in cold
         ]
     lines += [
-        f"- first int8 load of {r['preset']} (quantize + write the cache): {r['load_s']:.1f} s"
+        f"- first {r['mode']} load of {r['preset']} (quantize + write the cache): {r['load_s']:.1f} s"
         for r in records
         if r.get("warmup") and "load_s" in r
     ]

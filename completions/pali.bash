@@ -28,7 +28,7 @@ _pali() {
                 --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
-                --quantize) COMPREPLY=($(compgen -W "none int8" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
                 --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
@@ -57,7 +57,7 @@ _pali() {
                 --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
-                --quantize) COMPREPLY=($(compgen -W "none int8" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
                 --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
@@ -85,7 +85,7 @@ _pali() {
                 --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
-                --quantize) COMPREPLY=($(compgen -W "none int8" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
                 --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
@@ -113,7 +113,7 @@ _pali() {
                 --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
-                --quantize) COMPREPLY=($(compgen -W "none int8" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
                 --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
@@ -141,7 +141,7 @@ _pali() {
                 --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
-                --quantize) COMPREPLY=($(compgen -W "none int8" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
                 --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;

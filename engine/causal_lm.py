@@ -80,7 +80,8 @@ class PaliGemmaCausalLM:
         """Load a preset name (see engine.checkpoints.presets), ``hf://owner/repo[@revision]`` or a local directory
         in Hugging Face layout. ``preprocessor=None`` skips the tokenizer (token-id API only).
         ``sliding_window``: "none" (as the models were trained) or "transformers" (its Gemma 2 window).
-        ``quantize="int8"``: int8 weights (engine.runtime.quantize), cached under ``cache_dir`` after the first load."""
+        ``quantize="int8"`` or ``"int4"``: quantized weights (engine.runtime.quantize), cached under ``cache_dir``
+        after the first load."""
         directory, info = resolve_checkpoint(preset, cache_dir, allow_download)
         config = load_config(directory, window_policy=sliding_window)
         torch_device = resolve_device(device)

@@ -4,8 +4,10 @@ Quantizing 3B weights takes tens of seconds, so ``from_preset(..., quantize=...)
 quantized state once and later loads it memory-mapped like any checkpoint. The file is safetensors
 with every tensor on a 64-byte boundary (engine.checkpoints.aligned_file), so the packed int8
 kernel reads it in place. Its name holds a key over the source files (path, size, mtime), the mode,
-the dtype and ``CACHE_VERSION``; the version is also in the metadata, and a file of another version
-or without the alignment mark is rebuilt, never read. Caches of older versions for the same
+the dtype, ``CACHE_VERSION`` and, for int4, the packing layout and group size (the layout follows
+the CPU kernel set torch runs, so a cache written on another kind of CPU is never misread); the
+version is also in the metadata, and a file of another version or without the alignment mark is
+rebuilt, never read. Caches of older versions for the same
 checkpoint are deleted when a new one is written (no pali of this version can read them).
 """
 
@@ -27,7 +29,7 @@ from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import PaliGemmaConfig
 from engine.runtime.capabilities import CpuCapabilities
 from engine.runtime.kernels import aligned
-from engine.runtime.quantize import QuantizeError, check_mode, quantize_backbone
+from engine.runtime.quantize import INT4_GROUP, QuantizeError, check_mode, int4_layout, quantize_backbone
 
 # 1: safetensors' own layout (offsets set by the header length: misaligned for the int8 kernel).
 # 2: every tensor on a 64-byte boundary.
@@ -79,12 +81,19 @@ def is_current(path: Path) -> bool:
     return meta.get("pali_cache_version") == str(CACHE_VERSION) and meta.get("pali_alignment") == str(ALIGNMENT)
 
 
-def save_quantized(backbone: nn.Module, path: Path, mode: str, source: Path) -> Path:
+def layout_key(mode: str, device: torch.device) -> str:
+    """What else the stored bytes depend on: int4's packing layout and group size."""
+    return f"{int4_layout(device).name}-g{INT4_GROUP}" if mode == "int4" else ""
+
+
+def save_quantized(backbone: nn.Module, path: Path, mode: str, source: Path, layout: str = "") -> Path:
     """Write the whole quantized state (every tensor) atomically, then drop older versions' files
     for the same checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach() for k, v in backbone.state_dict().items()}
     meta = {"format": "pt", "pali_quantize": mode, "pali_cache_version": str(CACHE_VERSION), "pali_source": str(source)}
+    if layout:
+        meta["pali_layout"] = layout
     write_aligned(path, state, meta)
     prefix = path.name[: path.name.rindex("-") + 1]
     for old in path.parent.glob(f"{prefix}*.safetensors"):
@@ -128,14 +137,15 @@ def load_quantized_backbone(
     check_mode(mode)
     checkpoint_dir = Path(checkpoint_dir)
     sources = [checkpoint_dir / "config.json", *weight_files(checkpoint_dir)]
-    path = cache_path(Path(cache_root), checkpoint_dir, sources, mode, dtype)
+    layout = layout_key(mode, device)
+    path = cache_path(Path(cache_root), checkpoint_dir, sources, mode, dtype, layout)
     if path.exists() and is_current(path):
         with torch.device("meta"):
             backbone = quantize_backbone(PaliGemmaBackbone(config), mode, dtype, device, cpu)
         return load_quantized(backbone, path, device)
     backbone = quantize_backbone(load_backbone(checkpoint_dir, config, dtype, device), mode, cpu=cpu)
     try:
-        save_quantized(backbone, path, mode, checkpoint_dir)
+        save_quantized(backbone, path, mode, checkpoint_dir, layout)
     except OSError as e:
         warnings.warn(
             f"could not cache quantized weights at {path} ({e}); the next load will quantize again", stacklevel=2

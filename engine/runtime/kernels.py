@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -122,13 +123,29 @@ def converted_linear(
     so the buffer stays under SCRATCH_BYTES whatever the layer size. ``scale`` float[N] (int8 rows)
     multiplies the output columns, which is cheaper than scaling the weight."""
     n, k = weight.shape
-    budget = SMALL_SCRATCH_BYTES if x.shape[0] <= SMALL_ROWS else SCRATCH_BYTES
-    step = max(1, budget // (k * dtype.itemsize))
-    if step >= n:
-        y = linear(x, scratch((n, k), dtype, weight.device).copy_(weight), bias)
-    else:
-        y = torch.empty(x.shape[0], n, dtype=dtype, device=x.device)
-        for i in range(0, n, step):
-            w = scratch((min(step, n - i), k), dtype, weight.device).copy_(weight[i : i + step])
-            y[:, i : i + step] = linear(x, w, None if bias is None else bias[i : i + step])
+    y = sliced_linear(x, n, k, dtype, lambda i, j, out: out.copy_(weight[i:j]), bias)
     return y if scale is None else y.mul_(scale.to(dtype))
+
+
+def sliced_linear(
+    x: torch.Tensor,
+    n: int,
+    k: int,
+    dtype: torch.dtype,
+    fill: Callable[[int, int, torch.Tensor], torch.Tensor],
+    bias: torch.Tensor | None = None,
+    multiple: int = 1,
+) -> torch.Tensor:
+    """x float[M, K] (in ``dtype``) @ W[N, K].T where ``fill(i, j, out)`` writes rows i..j of W into
+    ``out`` float[j - i, K] (scratch memory) and returns it; slices hold a multiple of ``multiple``
+    rows and stay under the scratch budget (SMALL_SCRATCH_BYTES for a few rows of x)."""
+    budget = SMALL_SCRATCH_BYTES if x.shape[0] <= SMALL_ROWS else SCRATCH_BYTES
+    step = max(multiple, budget // (k * dtype.itemsize) // multiple * multiple)
+    if step >= n:
+        return linear(x, fill(0, n, scratch((n, k), dtype, x.device)), bias)
+    y = torch.empty(x.shape[0], n, dtype=dtype, device=x.device)
+    for i in range(0, n, step):
+        j = min(i + step, n)
+        w = fill(i, j, scratch((j - i, k), dtype, x.device))
+        y[:, i:j] = linear(x, w, None if bias is None else bias[i:j])
+    return y

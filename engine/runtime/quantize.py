@@ -1,9 +1,15 @@
-"""Weight-only int8 quantization, applied after loading, with the result cached on disk.
+"""Weight-only quantization (int8, int4), applied after loading, with the result cached on disk.
 
 ``quantize_backbone(backbone, "int8")`` swaps every ``nn.Linear`` (vision tower, projector, decoder)
 and the tied embedding / LM head for int8 versions: one int8 per weight plus one scale per output row
 (symmetric, absmax / 127). Activations, norms, the patch convolution and the position table keep the
 model's dtype. Decode reads about half the bytes of bf16 (a quarter of fp32).
+
+``"int4"`` stores every decoder linear and the tied embedding / LM head in group-wise int4
+(engine.runtime.int4: 4 bits per weight plus a bf16 scale and zero per group of ``INT4_GROUP``
+inputs), and the vision tower and projector in int8 (they run once per image, on 256+ rows, where
+int4's dequantizing costs twice int8's and saves little memory; benchmarks/RESULTS.md). A layer
+whose input width no int4 group size divides is stored in int8.
 
 Kernels (the dtype is chosen when the model is quantized, from the device and the CPU's
 capabilities; per call only the number of rows decides):
@@ -28,6 +34,8 @@ from torch import nn
 
 from engine.model.backbone import PaliGemmaBackbone
 from engine.runtime.capabilities import CpuCapabilities, cpu_capabilities
+from engine.runtime.int4 import Int4Linear, Int4TiedEmbedding
+from engine.runtime.int4_format import CANONICAL, Int4Layout, group_size_for, kernel_layout
 from engine.runtime.kernels import (
     PACKED_ALIGNMENT,
     SCRATCH_BYTES,
@@ -39,7 +47,8 @@ from engine.runtime.kernels import (
 )
 from engine.runtime.optimize import matmul_dtype, swap_linears
 
-QUANT_MODES = ("int8",)
+QUANT_MODES = ("int8", "int4")
+INT4_GROUP = 128  # inputs per int4 scale/zero: the measured default (benchmarks/RESULTS.md)
 PACK_MAX_ROWS = 32  # up to here _weight_int8pack_mm beats dequantize + GEMM (benchmarks/floors.py)
 PACK_ROW_MULTIPLE = 16  # int8 row lengths the packed kernel is safe for (bytes)
 
@@ -193,25 +202,57 @@ class Int8TiedEmbedding(nn.Module):
         return int8_matmul(hidden, self.weight, self.scale, self.compute_dtype)
 
 
+def int4_layout(device: torch.device) -> Int4Layout:
+    """The layout int4 weights are packed in for ``device``: on CPU the one torch's int4 kernel
+    reads (when this torch has the kernel), elsewhere the canonical one."""
+    found = kernel_layout() if device.type == "cpu" else None
+    return CANONICAL if found is None else found
+
+
 def quantize_backbone(
     backbone: PaliGemmaBackbone,
     mode: str = "int8",
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
     cpu: CpuCapabilities | None = None,
+    group_size: int = INT4_GROUP,
+    layout: Int4Layout | None = None,
 ) -> PaliGemmaBackbone:
     """Swap linears and the tied embedding for quantized versions, in place. ``dtype`` is the
     activation dtype (default: the weights'; on the meta device, to be filled from a cache, the
     weights cannot tell), ``device`` where the model will run (default: where its weights are) and
-    ``cpu`` the capabilities the matmul dtype is chosen for (default: :func:`cpu_capabilities`)."""
+    ``cpu`` the capabilities the matmul dtype is chosen for (default: :func:`cpu_capabilities`).
+    int4 only: ``group_size`` and ``layout`` (default: :func:`int4_layout`; the kernel is used only
+    when it reads that layout)."""
     check_mode(mode)
     lm = backbone.language_model
     embed = lm.embed_tokens
     if not isinstance(embed, nn.Embedding):
         raise QuantizeError(f"the model is quantized already ({type(embed).__name__}); load it afresh to quantize")
     act = dtype or embed.weight.dtype
-    compute = matmul_dtype(device or embed.weight.device, act, cpu_capabilities() if cpu is None else cpu)
-    swap_linears(backbone, lambda linear: Int8Linear.from_linear(linear, act, compute))
-    # duck-typed: the same forward/attend/dtype as TiedEmbedding (see its docstring)
-    lm.embed_tokens = Int8TiedEmbedding.from_embedding(embed, act, compute)  # type: ignore[assignment]
+    target = device or embed.weight.device
+    compute = matmul_dtype(target, act, cpu_capabilities() if cpu is None else cpu)
+
+    def int8(linear: nn.Linear) -> nn.Module:
+        return Int8Linear.from_linear(linear, act, compute)
+
+    if mode == "int4":
+        found = kernel_layout() if target.type == "cpu" else None
+        chosen = layout or int4_layout(target)
+        kernel = found is not None and chosen == found
+
+        def int4(linear: nn.Linear) -> nn.Module:
+            group = group_size_for(linear.in_features, group_size)
+            if group is None:
+                return int8(linear)
+            return Int4Linear.from_linear(linear, act, compute, group, chosen, kernel)
+
+        swap_linears(lm, int4)
+        group = group_size_for(embed.weight.shape[1], group_size)
+        if group is not None:
+            # duck-typed: the same forward/attend/dtype as TiedEmbedding (see its docstring)
+            lm.embed_tokens = Int4TiedEmbedding.from_embedding(embed, act, compute, group, chosen, kernel)  # type: ignore[assignment]
+    swap_linears(backbone, int8)  # everything not swapped above: vision tower, projector (int4: leftovers)
+    if isinstance(lm.embed_tokens, nn.Embedding):
+        lm.embed_tokens = Int8TiedEmbedding.from_embedding(embed, act, compute)  # type: ignore[assignment]
     return backbone

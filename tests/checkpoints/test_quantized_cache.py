@@ -133,6 +133,30 @@ def test_misaligned_tensors_in_a_current_cache_are_copied(checkpoints, tmp_path)
         assert torch.equal(v, state[k]), k
 
 
+def test_int4_cache_is_keyed_on_the_packing_layout(checkpoints, tmp_path, monkeypatch):
+    """int4 bytes depend on the layout torch's kernel set packs in (AVX512, AVX2 and portable kernels
+    differ): a cache written under one layout is never read under another, e.g. from a cache
+    directory shared between two kinds of machine."""
+    import engine.runtime.quantize as quantize
+    from engine.runtime.int4 import Int4Linear
+    from engine.runtime.int4_format import KNOWN_LAYOUTS, kernel_layout
+
+    path = checkpoints.checkpoint(SPEC, seed=7)
+    here = kernel_layout()
+    PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu", quantize="int4", cache_dir=tmp_path)
+    (first,) = sorted((tmp_path / "quantized").glob("*.safetensors"))
+    assert read_metadata(first)["pali_layout"] == f"{here.name}-g128"
+    other = next(lay for lay in KNOWN_LAYOUTS if lay != here)
+    monkeypatch.setattr(quantize, "kernel_layout", lambda: other)  # as another CPU's torch would pack
+    lm = PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu", quantize="int4", cache_dir=tmp_path)
+    files = sorted((tmp_path / "quantized").glob("*.safetensors"))
+    assert len(files) == 2 and first in files  # a second file; the first is still there, unread
+    (second,) = [f for f in files if f != first]
+    assert read_metadata(second)["pali_layout"] == f"{other.name}-g128"
+    layouts = {m.layout for m in lm.backbone.modules() if isinstance(m, Int4Linear)}
+    assert layouts == {other}
+
+
 VARIED = [
     TinySpec(text_extra=(("vocab_size", 1601),)),
     TinySpec(text_extra=(("vocab_size", 1617),)),
@@ -171,3 +195,28 @@ def test_quantized_captions_never_crash_and_repeat_exactly(varied_checkpoints, t
             record = json.loads(result.stdout.strip().splitlines()[-1])
             outputs.append((record["text"], record["tokens"]))
         assert outputs == [outputs[0]] * 5, (spec, outputs)
+
+
+@pytest.mark.isolated
+def test_int4_captions_never_crash_and_repeat_exactly(varied_checkpoints, tmp_path):
+    """`pali caption --quantize int4` three times on checkpoints with widths int4 can and cannot
+    group (the latter fall back to int8): every run, from the cache after the first, gives the first
+    run's text."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pali_cli.app import app
+
+    image = tmp_path / "img.png"
+    Image.new("RGB", (30, 20), (20, 140, 90)).save(image)
+    for ckpt in (varied_checkpoints[0], varied_checkpoints[2], varied_checkpoints[4]):
+        args = ["caption", str(image), "-p", str(ckpt), "--quantize", "int4", "--max-tokens", "12", "--json"]
+        args += ["--cache-dir", str(tmp_path / "cache")]
+        outputs = []
+        for _ in range(3):
+            result = CliRunner().invoke(app, args, catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            record = json.loads(result.stdout.strip().splitlines()[-1])
+            outputs.append((record["text"], record["tokens"]))
+        assert outputs == [outputs[0]] * 3, (ckpt, outputs)
+    assert len(list((tmp_path / "cache" / "quantized").glob("*int4*.safetensors"))) == 3

@@ -2,6 +2,9 @@
 are and are not multiples of 16, and 1-64 rows, under each set of torch's own kernels this host can
 run (``ATEN_CPU_CAPABILITY``) and each set of pali's choices (AVX2 and AMX capabilities, injected).
 
+int4 weights (group-wise, packed in the layout the process's kernel set reads) get the same
+offsets and row counts wherever a group size divides the width.
+
 Why: torch's packed int8 GEMV crashed (SIGSEGV) on AVX512 CPUs when its weight was not 16-byte
 aligned or its rows not a multiple of 16 bytes long, and memory-mapped safetensors put tensors
 wherever the header ends. Each case runs in its own process (the ``isolated`` marker), so a crash
@@ -22,11 +25,14 @@ from torch import nn
 
 from engine.model.text import TiedEmbedding
 from engine.runtime.capabilities import AMX, AVX2, CpuCapabilities, detect_cpu
+from engine.runtime.int4 import Int4Linear, Int4TiedEmbedding
+from engine.runtime.int4_format import group_size_for, kernel_layout
 from engine.runtime.kernels import aligned
 from engine.runtime.optimize import cpu_linear, cpu_tied_embedding, matmul_dtype
 from engine.runtime.quantize import Int8Linear, Int8TiedEmbedding, dequantize, quantize_rows
 
 OFFSETS = range(64)
+INT4_OFFSETS = (0, 1, 2, 3, 8, 16, 24, 32, 48, 63)
 WIDTHS = (40, 64)  # row lengths K: 64 is a multiple of 16, 40 is not
 ROWS = (1, 2, 4, 8, 16, 32, 64)
 OUT = 24
@@ -75,6 +81,49 @@ def _int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, cpu: CpuCapa
     return linear, head
 
 
+def _int4(w: torch.Tensor, dtype: torch.dtype, cpu: CpuCapabilities):
+    """int4 modules over ``w`` in the layout this process's kernel set reads (None: no group fits)."""
+    group = group_size_for(w.shape[1], 128)
+    if group is None:
+        return None
+    compute = matmul_dtype(CPU, dtype, cpu)
+    layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
+    layer.weight = nn.Parameter(w, requires_grad=False)
+    linear = Int4Linear.from_linear(layer, dtype, compute, group, kernel_layout(), True)
+    head = Int4TiedEmbedding.from_embedding(layer, dtype, compute, group, kernel_layout(), True)
+    return linear, head
+
+
+def _int4_cases(int4, x_all, dtype, k: int, offset: int, failures: list[str]) -> int:
+    """int4 weights and scales handed over at ``offset`` (off their alignment the modules must
+    dequantize instead of calling the kernel) and aligned; the reference is the dequantized weight."""
+    linear, head = int4
+    packed, scales_zeros = linear.weight, linear.scales_zeros
+    exact = x_all.to(dtype).double() @ linear.dequantized(torch.float64).T
+    done = 0
+    for how, p, sz in (
+        ("raw", at_offset(packed, offset), at_offset(scales_zeros, offset - offset % 2)),
+        ("aligned", aligned(at_offset(packed, offset)), scales_zeros),
+    ):
+        for module in (linear, head):
+            module.weight, module.scales_zeros = p, sz
+        for rows in ROWS:
+            x = x_all[:rows].to(dtype)
+            with torch.inference_mode():
+                _check(
+                    f"int4/{dtype} linear {how} k={k} off={offset} rows={rows}", linear(x), exact[:rows], 2e-2, failures
+                )
+                _check(
+                    f"int4/{dtype} head {how} k={k} off={offset} rows={rows}",
+                    head.attend(x),
+                    exact[:rows],
+                    2e-2,
+                    failures,
+                )
+            done += 2
+    return done
+
+
 def _check(name: str, got: torch.Tensor, expected: torch.Tensor, tol: float, failures: list[str]) -> None:
     err = (got.double() - expected).abs().max().item()
     bound = tol * max(expected.abs().max().item(), 1e-6)
@@ -95,6 +144,7 @@ def _run_cases(cpu: CpuCapabilities) -> list[str]:
             exact = {rows: x_all[:rows].to(dtype).double() @ w.double().T for rows in ROWS}
             qexact = {rows: x_all[:rows].to(dtype).double() @ dequantize(q, scale, torch.float64).T for rows in ROWS}
             tol = 1e-5 if dtype == torch.float32 else 2e-2
+            int4 = _int4(w32, dtype, cpu)
             for offset in OFFSETS:
                 # the case names itself before it runs: a crash's last line says which one died
                 print(f"case k={k} dtype={dtype} offset={offset}", flush=True)
@@ -145,6 +195,10 @@ def _run_cases(cpu: CpuCapabilities) -> list[str]:
                                 failures,
                             )
                         done += 2
+                # int4 at a sample of offsets: its modules call the kernel only on 64-byte aligned
+                # data and dequantize (plain torch) otherwise, so more offsets test nothing new
+                if int4 is not None and offset in INT4_OFFSETS:  # bf16 activations in the kernel, as int8
+                    done += _int4_cases(int4, x_all, dtype, k, offset, failures)
     print(f"{done} kernel calls checked", file=sys.stderr)
     return failures
 

@@ -16,6 +16,8 @@ from engine.generate import generate_tokens
 from engine.model.config import load_config
 from engine.model.text import TiedEmbedding
 from engine.runtime.capabilities import AMX, AVX2
+from engine.runtime.int4 import Int4TiedEmbedding
+from engine.runtime.int4 import kernel_safe as int4_kernel_safe
 from engine.runtime.optimize import matmul_dtype
 from engine.runtime.quantize import (
     PACK_MAX_ROWS,
@@ -145,26 +147,31 @@ def _quant_files(root):
     [pytest.param(level, marks=pytest.mark.isolated(env={"PALI_CPU": level})) for level in ("avx2", "amx")],
 )
 def test_cache_round_trip(checkpoints, tmp_path, level):
-    """Runs the packed int8 kernel on the memory-mapped cache: in its own process (it crashed
-    whole runs on AVX512 CPUs when the cache was misaligned), with each CPU level's choices."""
+    """Runs the packed int8 and int4 kernels on the memory-mapped cache: in its own process (int8's
+    crashed whole runs on AVX512 CPUs when the cache was misaligned), with each CPU level's choices."""
     path = checkpoints.checkpoint(SPEC)
-    first = PaliGemmaCausalLM.from_preset(path, dtype="bfloat16", device="cpu", quantize="int8", cache_dir=tmp_path)
-    files = _quant_files(tmp_path)
-    assert len(files) == 1
-    second = PaliGemmaCausalLM.from_preset(path, dtype="bfloat16", device="cpu", quantize="int8", cache_dir=tmp_path)
-    assert _quant_files(tmp_path) == files  # read, not rebuilt
-    s1, s2 = first.backbone.state_dict(), second.backbone.state_dict()
-    assert s1.keys() == s2.keys()
-    for k in s1:
-        assert s1[k].dtype == s2[k].dtype and torch.equal(s1[k], s2[k]), k
-    assert second.dtype == torch.bfloat16
-    head = second.backbone.language_model.embed_tokens
-    assert isinstance(head, Int8TiedEmbedding)
-    assert head.compute_dtype == (torch.bfloat16 if level == "amx" else torch.float32)
-    assert packed_kernel_safe(head.weight, head.scale)  # the cache hands the fast kernel aligned rows
-    pixels = torch.rand(1, 3, SPEC.image_size, SPEC.image_size) * 2 - 1
-    run = [[2, 40, 41, 4]], [5], greedy
-    assert generate_tokens(first.backbone, pixels, *run) == generate_tokens(second.backbone, pixels, *run)
+    for mode, head_type in (("int8", Int8TiedEmbedding), ("int4", Int4TiedEmbedding)):
+        root = tmp_path / mode
+        first = PaliGemmaCausalLM.from_preset(path, dtype="bfloat16", device="cpu", quantize=mode, cache_dir=root)
+        files = _quant_files(root)
+        assert len(files) == 1
+        second = PaliGemmaCausalLM.from_preset(path, dtype="bfloat16", device="cpu", quantize=mode, cache_dir=root)
+        assert _quant_files(root) == files  # read, not rebuilt
+        s1, s2 = first.backbone.state_dict(), second.backbone.state_dict()
+        assert s1.keys() == s2.keys()
+        for k in s1:
+            assert s1[k].dtype == s2[k].dtype and torch.equal(s1[k], s2[k]), (mode, k)
+        assert second.dtype == torch.bfloat16
+        head = second.backbone.language_model.embed_tokens
+        assert isinstance(head, head_type)
+        assert head.compute_dtype == (torch.bfloat16 if level == "amx" else torch.float32)
+        if mode == "int8":
+            assert packed_kernel_safe(head.weight, head.scale)  # the cache hands the fast kernel aligned rows
+        else:
+            assert head.kernel and int4_kernel_safe(head.weight, head.scales_zeros)
+        pixels = torch.rand(1, 3, SPEC.image_size, SPEC.image_size) * 2 - 1
+        run = [[2, 40, 41, 4]], [5], greedy
+        assert generate_tokens(first.backbone, pixels, *run) == generate_tokens(second.backbone, pixels, *run), mode
 
 
 def test_cache_goes_where_downloads_go(checkpoints, tmp_path, monkeypatch):
@@ -202,5 +209,5 @@ def test_corrupt_cache_is_named(checkpoints, tmp_path):
 
 
 def test_unknown_mode():
-    with pytest.raises(QuantizeError, match="int8"):
+    with pytest.raises(QuantizeError, match="int8, int4"):
         quantize_backbone(nn.Module(), "int3")
