@@ -46,7 +46,17 @@ def prompt_ids(checkpoint: Path) -> list[int]:
     return [tok.start_token_id, *tok.tokenize(PROMPT), tok.newline_token_id]
 
 
-def run_worker(side: str, checkpoint: Path, mode: str, batch: int, new_tokens: int, ids: list[int], extra=()) -> dict:
+def run_worker(
+    side: str,
+    checkpoint: Path,
+    mode: str,
+    batch: int,
+    new_tokens: int,
+    ids: list[int],
+    extra=(),
+    device: str = "cpu",
+    warmup: bool = False,
+) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -61,10 +71,15 @@ def run_worker(side: str, checkpoint: Path, mode: str, batch: int, new_tokens: i
         str(new_tokens),
         "--prompt-ids",
         ",".join(map(str, ids)),
+        "--device",
+        device,
+        *(["--warmup"] if warmup else []),
         *extra,
     ]
     if side == "ours":
         dtype, quantize = OURS_MODES[mode]
+        if quantize and device != "cpu":
+            dtype = "bfloat16"  # "auto" picks by the CPU
         cmd += ["--dtype", dtype] + (["--quantize", quantize] if quantize else [])
     else:
         cmd += ["--dtype", HF_MODES[mode]]
@@ -80,6 +95,19 @@ def run_worker(side: str, checkpoint: Path, mode: str, batch: int, new_tokens: i
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["process_wall_s"] = wall
     return result
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def wait_for_quiet(limit: float | None, patience_s: float = 1200) -> float:
+    """Wait (up to ``patience_s``) until the 1-minute load average is under ``limit``: 2-core
+    OpenMP slows down several times when anything else runs. Returns the load it starts at."""
+    deadline = time.monotonic() + patience_s
+    while limit is not None and load_average() >= limit and time.monotonic() < deadline:
+        time.sleep(10)
+    return load_average()
 
 
 def evict(checkpoint: Path) -> None:
@@ -112,7 +140,7 @@ def run(args) -> Path:
         ids = prompt_ids(checkpoint)
         jobs = jobs_for(args.modes)
         for mode in (m for m in args.modes if m in QUANTIZED):  # the first load quantizes and fills the cache
-            result = run_worker("ours", checkpoint, mode, 1, 1, ids)
+            result = run_worker("ours", checkpoint, mode, 1, 1, ids, device=args.device)
             warm = {"preset": preset, "side": "ours", "mode": mode, "batch": 1, "warmup": True}
             with open(out, "a") as f:
                 f.write(json.dumps({**warm, "first_quantize_load_s": result.get("load_s"), **result}) + "\n")
@@ -122,7 +150,10 @@ def run(args) -> Path:
                 for side, mode in rotated:
                     if args.cold and r == 0:
                         evict(checkpoint)
-                    result = run_worker(side, checkpoint, mode, batch, args.new_tokens, ids)
+                    load_before = wait_for_quiet(args.quiet_load)
+                    result = run_worker(
+                        side, checkpoint, mode, batch, args.new_tokens, ids, device=args.device, warmup=args.warmup
+                    )
                     record = {
                         "preset": preset,
                         "side": side,
@@ -132,6 +163,9 @@ def run(args) -> Path:
                         "cold": bool(args.cold and r == 0),
                         "new_tokens": args.new_tokens,
                         "prompt_tokens": len(ids),
+                        "device": args.device,
+                        "load_before": load_before,
+                        "load_after": load_average(),
                         **result,
                     }
                     with open(out, "a") as f:
@@ -146,6 +180,7 @@ def run(args) -> Path:
                                 "batch": batch,
                                 "run": r,
                                 **brief,
+                                "load": [round(load_before, 2), round(record["load_after"], 2)],
                                 **({"error": result["error"]} if "error" in result else {}),
                             }
                         ),
@@ -204,6 +239,13 @@ def summarize(path: Path) -> str:
                 f"{h['decode_ms_per_token'] / o['decode_ms_per_token']:.2f}x | {o['images_per_s'] / h['images_per_s']:.2f}x | "
                 f"{o['peak_rss_gib'] / h['peak_rss_gib']:.2f}x | {first_o / first_h:.2f}x |"
             )
+    gpu = [(key, _median(rs, "peak_gpu_gib")) for key, rs in sorted(groups.items()) if _median(rs, "peak_gpu_gib")]
+    if gpu:
+        lines += ["", "Peak GPU memory (torch's peak allocation), GiB:", ""]
+        lines += [f"- {p} batch {b} {side} {mode}: {v:.2f}" for (p, b, side, mode), v in gpu]
+    loads = [r[k] for r in ok for k in ("load_before", "load_after") if k in r]
+    if loads:
+        lines += ["", f"1-minute load average around the measured processes: {min(loads):.2f}-{max(loads):.2f}"]
     lines += ["", "Top-1 parity of the greedy tokens (row 0, every run), ours vs transformers in the same dtype:", ""]
     lines += parity_lines(ok)
     cold = [r for r in records if r.get("cold") and "error" not in r]
@@ -274,6 +316,14 @@ def main(argv: list[str] | None = None) -> None:
         "--root", type=Path, default=None, help="checkpoint cache (default: $PALI_BENCH_CACHE or ~/.cache/pali-bench)"
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON lines file to append to")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both sides run")
+    parser.add_argument("--warmup", action="store_true", help="untimed 2-token generation first in each process")
+    parser.add_argument(
+        "--quiet-load",
+        type=float,
+        default=None,
+        help="before each process, wait (up to 20 min) for the 1-minute load average to drop below this",
+    )
     parser.add_argument("--report", type=Path, default=None, help="only print the summary of an existing results file")
     args = parser.parse_args(argv)
     path = args.report or run(args)

@@ -8,6 +8,10 @@ same prompt ids (computed once by the harness with our tokenizer), 256 image tok
 exactly ``--new-tokens`` greedy tokens (no stop token), so both do the same work. Times are from
 ``time.perf_counter``; ``import_s`` counts from interpreter start (so it includes Python's own start).
 
+``--device cuda`` runs both sides on a GPU (timestamps after a device synchronize; ``peak_gpu_gib``
+is torch's peak allocation); ``--warmup`` first runs an untimed 2-token generation, so CUDA's
+one-off start-up (context, kernels) is not counted as time to first token.
+
 ``--score FILE`` (teacher forcing) instead writes the fp32 logits that predict each of the given
 tokens to ``--dump``: the harness compares them across modes (cosine similarity, top-1 agreement).
 """
@@ -48,6 +52,21 @@ def pixel_values(batch: int, size: int, seed: int):
     return torch.cat(rows)
 
 
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _device_memory(device: str) -> dict:
+    import torch
+
+    if not device.startswith("cuda"):
+        return {}
+    return {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 1024**3, "gpu": torch.cuda.get_device_name()}
+
+
 def _top(logits) -> list:
     values, ids = logits.float().topk(NUM_TOP)
     return [[int(i), round(float(v), 4)] for i, v in zip(ids, values)]
@@ -61,14 +80,21 @@ def run_ours(args, t_start: float) -> dict:
 
     t_import = time.perf_counter()
     options = {"quantize": args.quantize} if args.quantize else {}
-    lm = PaliGemmaCausalLM.from_preset(args.checkpoint, dtype=args.dtype, device="cpu", preprocessor=None, **options)
+    lm = PaliGemmaCausalLM.from_preset(
+        args.checkpoint, dtype=args.dtype, device=args.device, preprocessor=None, **options
+    )
+    _sync(args.device)
     t_load = time.perf_counter()
     backbone = lm.backbone
     size = backbone.config.image_size
-    pixels = pixel_values(args.batch, size, args.seed)
+    pixels = pixel_values(args.batch, size, args.seed).to(args.device)
     prompts = [args.prompt_ids] * args.batch
     if args.score:
         return _score_ours(args, backbone, pixels)
+    if args.warmup:
+        for _ in stream_tokens(backbone, pixels[:1], prompts[:1], [2], lambda logits: logits.argmax(-1)):
+            pass
+        _sync(args.device)
     tops: list = []
 
     def sample(logits: torch.Tensor) -> torch.Tensor:
@@ -83,6 +109,7 @@ def run_ours(args, t_start: float) -> dict:
         for row, token in zip(rows, new.tolist()):
             tokens[row].append(token)
     return _timings(args, t_start, t_import, t_load, t0, stamps, tokens, tops, weight_bytes(backbone))
+    # (the stamps are taken after new.tolist(), which waits for the device)
 
 
 def weight_bytes(module) -> int:
@@ -111,13 +138,15 @@ def _score_ours(args, backbone, pixels) -> dict:
 class _Stamps:
     """A transformers streamer that only records when each new token arrives."""
 
-    def __init__(self):
+    def __init__(self, device: str = "cpu"):
         self.times: list[float] = []
         self.calls = 0
+        self.device = device
 
     def put(self, value) -> None:
         self.calls += 1
         if self.calls > 1:  # the first call hands over the prompt
+            _sync(self.device)
             self.times.append(time.perf_counter())
 
     def end(self) -> None:
@@ -139,16 +168,22 @@ def run_hf(args, t_start: float) -> dict:
             f"{args.checkpoint}: transformers reports missing {missing}, unexpected "
             f"{info.get('unexpected_keys')}, mismatched {info.get('mismatched_keys')}"
         )
-    model.eval()
+    model.eval().to(args.device)
+    _sync(args.device)
     t_load = time.perf_counter()
     size = model.config.vision_config.image_size
-    pixels = pixel_values(args.batch, size, args.seed).to(dtype)
+    pixels = pixel_values(args.batch, size, args.seed).to(dtype).to(args.device)
     n_img = (size // model.config.vision_config.patch_size) ** 2
     row = [model.config.image_token_id] * n_img + list(args.prompt_ids)
-    input_ids = torch.tensor([row] * args.batch)
+    input_ids = torch.tensor([row] * args.batch, device=args.device)
     extra = dict(attention_mask=torch.ones_like(input_ids), token_type_ids=torch.zeros_like(input_ids))
     if args.score:
         return _score_hf(args, model, pixels, row)
+    if args.warmup:
+        short = GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=None, pad_token_id=0, bos_token_id=2)
+        one = {k: v[:1] for k, v in extra.items()}
+        model.generate(input_ids=input_ids[:1], pixel_values=pixels[:1], generation_config=short, **one)
+        _sync(args.device)
     tops: list = []
 
     class Record(LogitsProcessor):
@@ -159,7 +194,7 @@ def run_hf(args, t_start: float) -> dict:
     config = GenerationConfig(
         max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0, bos_token_id=2
     )
-    stamps = _Stamps()
+    stamps = _Stamps(args.device)
     t0 = time.perf_counter()
     out = model.generate(
         input_ids=input_ids,
@@ -203,6 +238,8 @@ def _timings(args, t_start, t_import, t_load, t0, stamps, tokens, tops, nbytes) 
         "start_to_first_token_s": stamps[0] - t_start,
         "peak_rss_gib": peak_rss_gib(),
         "weight_gib": nbytes / 1024**3,
+        "device": args.device,
+        **_device_memory(args.device),
         "tokens": tokens,
         "top": tops,
     }
@@ -219,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--prompt-ids", type=lambda s: [int(x) for x in s.split(",")], required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    parser.add_argument("--warmup", action="store_true", help="an untimed 2-token generation first (GPUs)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--score", default=None, help="JSON list of generated ids to score with teacher forcing")
     parser.add_argument("--dump", default=None, help="where --score writes its logits (torch.save)")

@@ -15,7 +15,9 @@ shape of each call. On CPU:
   multiplied in fp32. Weights stay bf16. The decoder's attention core becomes an
   :class:`UpcastAttention` (fp32 scores, soft-cap, softmax and weighted sum): torch's bf16
   attention is emulated there too, and ``q``, ``k``, ``v`` are small, so the casts cost next to nothing.
-* **bf16 on a CPU with AVX512-BF16/AMX**: torch's own kernels (oneDNN's AMX/AVX512 paths) are left alone.
+* **bf16 on a CPU with AVX512-BF16/AMX**: torch's own kernels (oneDNN's AMX/AVX512 paths) are left
+  alone, unless ``bf16_kernel="prepacked"`` (``PALI_BF16_KERNEL``): then linears and the LM head read
+  weights oneDNN reordered once (engine.runtime.prepacked; opt-in until measured on such a CPU).
 
 GPUs are left alone. The measurements behind each threshold are in benchmarks/RESULTS.md
 (``python -m benchmarks.floors`` reproduces them).
@@ -34,6 +36,7 @@ from engine.model.backbone import PaliGemmaBackbone
 from engine.model.text import Attention, DecoderLayer, TiedEmbedding
 from engine.runtime.capabilities import CpuCapabilities, cpu_capabilities
 from engine.runtime.kernels import converted_linear, linear, needs_grad
+from engine.runtime.prepacked import PrepackedBf16Linear, PrepackedTiedEmbedding, bf16_kernel_choice, prepack_available
 
 # Up to this many rows torch's native bf16 GEMV wins (it reads half the bytes of fp32); from 5-6
 # rows its emulated bf16 arithmetic costs more than converting slices and running fp32 (PaliGemma
@@ -152,16 +155,36 @@ def cpu_tied_embedding(embed: TiedEmbedding, cpu: CpuCapabilities) -> TiedEmbedd
     return fast
 
 
-def optimize(backbone: PaliGemmaBackbone, cpu: CpuCapabilities | None = None) -> PaliGemmaBackbone:
+def _prepacked(cpu: CpuCapabilities, bf16_kernel: str | None) -> bool:
+    return cpu.fast_bf16 and bf16_kernel_choice(bf16_kernel) == "prepacked" and prepack_available()
+
+
+def _swap_linear(layer: nn.Linear, cpu: CpuCapabilities, prepacked: bool) -> nn.Module:
+    w = layer.weight
+    if prepacked and w.device.type == "cpu" and w.dtype == torch.bfloat16:
+        return PrepackedBf16Linear(layer)
+    return cpu_linear(layer, cpu)
+
+
+def optimize(
+    backbone: PaliGemmaBackbone, cpu: CpuCapabilities | None = None, bf16_kernel: str | None = None
+) -> PaliGemmaBackbone:
     """Apply the optimisations that pay off for this model's dtype and device (in place), on CPU
-    for the capabilities ``cpu`` (default: :func:`cpu_capabilities`)."""
+    for the capabilities ``cpu`` (default: :func:`cpu_capabilities`). ``bf16_kernel``: "native" or
+    "prepacked" for bf16 weights on CPUs with fast bf16 (default: ``PALI_BF16_KERNEL``, else native)."""
     cpu = cpu_capabilities() if cpu is None else cpu
-    swap_linears(backbone, lambda layer: cpu_linear(layer, cpu))
+    prepacked = _prepacked(cpu, bf16_kernel)
+    swap_linears(backbone, lambda layer: _swap_linear(layer, cpu, prepacked))
     lm = backbone.language_model
     for layer in lm.layers:
         attn = cast(DecoderLayer, layer).self_attn
         if type(attn) is Attention and matmul_dtype(attn.o_proj.weight.device, lm.dtype, cpu) != lm.dtype:
             layer.self_attn = UpcastAttention.wrap(attn)
-    if isinstance(lm.embed_tokens, TiedEmbedding):
-        lm.embed_tokens = cpu_tied_embedding(lm.embed_tokens, cpu)
+    embed = lm.embed_tokens
+    if isinstance(embed, TiedEmbedding):
+        w = embed.weight
+        if prepacked and type(embed) is TiedEmbedding and w.device.type == "cpu" and w.dtype == torch.bfloat16:
+            lm.embed_tokens = PrepackedTiedEmbedding.wrap(embed)
+        else:
+            lm.embed_tokens = cpu_tied_embedding(embed, cpu)
     return backbone
