@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.checkpoints.weights import save_backbone
+from engine.errors import InputError, TrainingError
 from engine.model.backbone import PaliGemmaBackbone
 from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
 
@@ -77,17 +78,17 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise InputError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise InputError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+            raise InputError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
+            raise InputError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.checkpoint_every is not None and (self.checkpoint_every < 1 or self.checkpoint_dir is None):
-            raise ValueError("checkpoint_every needs a checkpoint_dir and must be >= 1")
+            raise InputError("checkpoint_every needs a checkpoint_dir and must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def suffix_loss(
     per_example = torch.zeros(token_ids.shape[0], device=token_loss.device).index_add(0, rows, token_loss)
     has_response = counts > 0
     if not bool(has_response.any()):
-        raise ValueError("no example in the batch has a response token to train on")
+        raise InputError("no example in the batch has a response token to train on")
     return (per_example[has_response] / counts[has_response]).mean()
 
 
@@ -168,14 +169,14 @@ def prepare_batch(
     """Model inputs for one batch: pixels, and rows right-padded to the longest one."""
     prefixes, suffixes = list(prefixes), list(suffixes)
     if len(prefixes) != len(suffixes):
-        raise ValueError(f"got {len(prefixes)} prefixes for {len(suffixes)} suffixes; give one suffix per prefix")
+        raise InputError(f"got {len(prefixes)} prefixes for {len(suffixes)} suffixes; give one suffix per prefix")
     size = preprocessor.image_size
     if isinstance(images, torch.Tensor) and images.ndim == 4 and tuple(images.shape[1:]) == (3, size, size):
         pixel_values = images.float()
     else:
         pixel_values = preprocessor.preprocess_images(images if not isinstance(images, tuple) else list(images))
     if pixel_values.shape[0] != len(prefixes):
-        raise ValueError(f"got {pixel_values.shape[0]} images for {len(prefixes)} prefixes; give one image per example")
+        raise InputError(f"got {pixel_values.shape[0]} images for {len(prefixes)} prefixes; give one image per example")
     encoded = [preprocessor.encode_example(p, s) for p, s in zip(prefixes, suffixes)]
     # No fixed width: rows are padded to the longest one (pack's default), capped at the
     # preprocessor's sequence_length, so short tasks do not pay for a long limit.
@@ -190,7 +191,7 @@ def prepare_batch(
 def _check_keys(item: Any, where: str) -> None:
     if not isinstance(item, Mapping) or any(k not in item for k in KEYS):
         got = sorted(item) if isinstance(item, Mapping) else type(item).__name__
-        raise ValueError(f"{where} must be a mapping with keys {list(KEYS)}, got {got}")
+        raise InputError(f"{where} must be a mapping with keys {list(KEYS)}, got {got}")
 
 
 def _is_single_example(item: Mapping) -> bool:
@@ -238,13 +239,13 @@ class _Batches:
             n = len(dataset["prefixes"])
             for k in KEYS:
                 if len(dataset[k]) != n:
-                    raise ValueError(f"dataset[{k!r}] has {len(dataset[k])} items but dataset['prefixes'] has {n}")
+                    raise InputError(f"dataset[{k!r}] has {len(dataset[k])} items but dataset['prefixes'] has {n}")
             if n == 0:
-                raise ValueError("the dataset is empty")
+                raise InputError("the dataset is empty")
         elif not isinstance(dataset, Iterable):
             raise TypeError(f"dataset must be a mapping or an iterable of mappings, got {type(dataset).__name__}")
         elif cfg.epochs > 1 and iter(dataset) is dataset:
-            raise ValueError(
+            raise InputError(
                 "a one-shot iterator (e.g. a generator) cannot be read for several epochs; "
                 "pass a list or an object whose __iter__ restarts, or use epochs=1"
             )
@@ -278,13 +279,13 @@ class _Batches:
         items = iter(self.dataset)
         first = next(items, None)
         if first is None:
-            raise ValueError("the dataset yielded no items")
+            raise InputError("the dataset yielded no items")
         _check_keys(first, "every dataset item")
         if _is_single_example(first):
             yield from _grouped(items, first, self.batch_size)
             return
         if self.cfg.batch_size is not None:
-            raise ValueError("this dataset yields whole batches, so batch_size does not apply; leave it unset")
+            raise InputError("this dataset yields whole batches, so batch_size does not apply; leave it unset")
         yield first
         for item in items:
             _check_keys(item, "every dataset item")
@@ -316,7 +317,7 @@ def _trainable(backbone: PaliGemmaBackbone, freeze: Sequence[str]) -> list[torch
     names = [n for n, _ in backbone.named_parameters()]
     for module in freeze:
         if not any(_under(n, module) for n in names):
-            raise ValueError(
+            raise InputError(
                 f"freeze entry {module!r} matches no parameter; name modules such as 'vision_tower', "
                 "'projector', 'language_model.embed_tokens' or 'language_model.layers.0'"
             )
@@ -327,7 +328,7 @@ def _trainable(backbone: PaliGemmaBackbone, freeze: Sequence[str]) -> list[torch
         if train:
             params.append(p)
     if not params:
-        raise ValueError("every parameter is frozen; nothing to train")
+        raise InputError("every parameter is frozen; nothing to train")
     return params
 
 
@@ -371,7 +372,7 @@ def fit(
     The model is left in eval mode with gradients off, ready for generate()."""
     cfg = replace(config or TrainConfig(), **options)
     if lm.preprocessor is None:
-        raise ValueError("fit() needs the model's tokenizer: load it with preprocessor=True")
+        raise InputError("fit() needs the model's tokenizer: load it with preprocessor=True")
     backbone, device = lm.backbone, lm.device
     batches = _Batches(dataset, cfg)
     try:
@@ -398,7 +399,7 @@ def fit(
                 with autocast:
                     loss = compute_loss(backbone, batch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
+                    raise TrainingError(
                         f"the loss became {loss.item()} at step {len(losses) + 1}; "
                         "lower learning_rate or train in float32"
                     )

@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import LocalModelError, UnknownPresetError
+
 __all__ = [
     "DEFAULT_PRESET",
     "IMAGE_TOKEN_INDEX",
@@ -65,18 +67,6 @@ class Preset:
     def bundled_dir(self) -> Path | None:
         """Where the weights of a bundled preset live (the directory may be absent)."""
         return _PACKAGE_ROOT / self.package_dir if self.package_dir else None
-
-
-class UnknownPresetError(ValueError):
-    """A preset name that is neither a canonical name nor an alias."""
-
-    def __init__(self, name: str, suggestions: list[str], hint: str = "") -> None:
-        self.name = name
-        self.suggestions = suggestions
-        quoted = [repr(s) for s in suggestions]
-        options = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
-        guess = f"; did you mean {options}?" if suggestions else "."
-        super().__init__(f"unknown preset {name!r}{guess} `pali presets list` shows all presets.{hint}")
 
 
 # PaliGemma 1 repos keep float32 weights on main (11 GB); the bfloat16 branch holds the same model at
@@ -303,8 +293,9 @@ def hf_config_for(preset: Preset | str) -> dict:
 def _bundled_config(preset: Preset) -> dict:
     path = preset.bundled_dir / "config.json" if preset.bundled_dir else None
     if path is None or not path.is_file():
-        raise FileNotFoundError(
+        raise LocalModelError(
             f"preset {preset.name!r} ships inside the pali package but {path} is missing: "
-            "this installation does not include the demo model; reinstall pali."
+            "this installation does not include the demo model; reinstall pali.",
+            label=preset.name,
         )
     return json.loads(path.read_text(encoding="utf-8"))

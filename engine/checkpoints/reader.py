@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from engine.errors import CheckpointError
 from engine.runtime.optimize import scratch
 
 READ_CHUNK_BYTES = 16 * 1024**2  # source bytes read per step: the only extra memory a load uses
@@ -48,7 +49,7 @@ class TensorReader:
             self._header.pop("__metadata__", None)
         except (struct.error, ValueError, MemoryError, OverflowError) as e:
             self._file.close()
-            raise ValueError(f"{self.path}: not a safetensors file (bad header: {e})") from None
+            raise CheckpointError(f"{self.path}: not a safetensors file (bad header: {e})") from None
         self._data_start = 8 + length
 
     def __enter__(self) -> TensorReader:
@@ -70,12 +71,12 @@ class TensorReader:
         info = self._header[name]
         src = SAFETENSORS_DTYPES.get(info["dtype"])
         if src is None:
-            raise ValueError(f"{self.path}: {name} has dtype {info['dtype']}, which pali does not read")
+            raise CheckpointError(f"{self.path}: {name} has dtype {info['dtype']}, which pali does not read")
         begin, end = info["data_offsets"]
         flat = out.view(-1)
         size = src.itemsize
         if (end - begin) != flat.numel() * size:
-            raise ValueError(f"{self.path}: {name} holds {end - begin} bytes, expected {flat.numel() * size}")
+            raise CheckpointError(f"{self.path}: {name} holds {end - begin} bytes, expected {flat.numel() * size}")
         step = max(1, READ_CHUNK_BYTES // size)
         buf = scratch((step * size,), torch.uint8, torch.device("cpu"))  # reused: no fresh page faults
         self._file.seek(self._data_start + begin)
@@ -87,7 +88,7 @@ class TensorReader:
             while got < n * size:  # readinto may return short counts
                 read = self._file.readinto(view[got:])
                 if not read:
-                    raise OSError(f"{self.path}: file ends inside {name}; the download may be truncated")
+                    raise CheckpointError(f"{self.path}: file ends inside {name}; the download may be truncated")
                 got += read
             flat[start : start + n].copy_(chunk.view(src))
         return out

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from engine.errors import InputError
 from engine.processing.tasks import answer_prompt, caption_prompt, detect_prompt
 
 GRID = 128  # geometry units per image side; one unit = 1024 / GRID = 8 detection bins
@@ -159,12 +160,12 @@ def make_example(scene: Scene, task: str, kind: str | None = None) -> Example:
         return Example(scene, task, caption_prompt("en"), caption(scene))
     target = scene.shape(kind) if kind else None
     if target is None:
-        raise ValueError(f"the scene has no {kind!r}; ask about one of {[s.kind for s in scene.shapes]}")
+        raise InputError(f"the scene has no {kind!r}; ask about one of {[s.kind for s in scene.shapes]}")
     if task == "vqa":
         return Example(scene, task, answer_prompt(color_question(kind)), target.color, target)
     if task == "detect":
         return Example(scene, task, detect_prompt(kind), f"{target.loc_text} {kind}", target)
-    raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    raise InputError(f"unknown task {task!r}; choose one of {TASKS}")
 
 
 def random_example(rng: random.Random, weights: dict[str, float] | None = None) -> Example:

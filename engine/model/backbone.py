@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.errors import InputError
 from engine.model.config import PaliGemmaConfig, TextConfig, VisionConfig
 from engine.model.masks import prefix_lm_mask, window_mask
 from engine.model.text import Decoder, Masks
@@ -91,7 +92,7 @@ class PaliGemmaBackbone(nn.Module):
         """float[B, 3, R, R] in [-1, 1] -> projected image tokens float[B, N_img, H] (unscaled)."""
         size = self.config.image_size
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
-            raise ValueError(f"pixel_values must be [B, 3, {size}, {size}], got {list(pixel_values.shape)}")
+            raise InputError(f"pixel_values must be [B, 3, {size}, {size}], got {list(pixel_values.shape)}")
         return self.projector(self.vision_tower(pixel_values))
 
     def prefill_masks(self, input_mask: torch.Tensor, mask_ar: torch.Tensor, positions: torch.Tensor) -> Masks:

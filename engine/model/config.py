@@ -14,12 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.errors import CheckpointError, InputError
+
 Variant = Literal["gemma", "gemma2"]
 WindowPolicy = Literal["none", "transformers"]
-
-
-class ConfigError(ValueError):
-    """A config.json that cannot describe a PaliGemma model."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,7 @@ def text_config_from_hf(text: dict) -> TextConfig:
     """Pure: the `text_config` block of a Hugging Face PaliGemma config.json -> TextConfig."""
     variant = text.get("model_type")
     if variant not in ("gemma", "gemma2"):
-        raise ConfigError(
+        raise CheckpointError(
             f"text_config.model_type is {variant!r}; expected 'gemma' (PaliGemma 1) or 'gemma2' (PaliGemma 2)"
         )
     hidden = int(text.get("hidden_size", 2048 if variant == "gemma" else 2304))
@@ -155,7 +153,7 @@ def text_config_from_hf(text: dict) -> TextConfig:
 def vision_config_from_hf(vision: dict) -> VisionConfig:
     """Pure: the `vision_config` block -> VisionConfig (PaliGemma's values as defaults, not Siglip's)."""
     if vision.get("vision_use_head"):
-        raise ConfigError("vision_config.vision_use_head is true; PaliGemma's tower has no pooling head")
+        raise CheckpointError("vision_config.vision_use_head is true; PaliGemma's tower has no pooling head")
     return VisionConfig(
         hidden_size=int(vision.get("hidden_size", 1152)),
         intermediate_size=int(vision.get("intermediate_size", 4304)),
@@ -170,23 +168,23 @@ def vision_config_from_hf(vision: dict) -> VisionConfig:
 def from_hf_config(config: dict, window_policy: WindowPolicy = "none") -> PaliGemmaConfig:
     """Pure: a parsed Hugging Face PaliGemma config.json -> PaliGemmaConfig."""
     if config.get("model_type") not in (None, "paligemma"):
-        raise ConfigError(f"model_type is {config.get('model_type')!r}, not 'paligemma'")
+        raise CheckpointError(f"model_type is {config.get('model_type')!r}, not 'paligemma'")
     if "text_config" not in config or "vision_config" not in config:
-        raise ConfigError("config.json has no text_config/vision_config; is this a PaliGemma checkpoint?")
+        raise CheckpointError("config.json has no text_config/vision_config; is this a PaliGemma checkpoint?")
     text = text_config_from_hf(config["text_config"])
     if window_policy not in ("none", "transformers"):
-        raise ConfigError(f"window policy {window_policy!r}: use 'none' or 'transformers'")
+        raise InputError(f"window policy {window_policy!r}: use 'none' or 'transformers'")
     text = replace(text, window_policy=window_policy)
     vision = vision_config_from_hf(config["vision_config"])
     for name, value in (("hidden_size", text.hidden_size), ("num_heads", text.num_heads)):
         if value <= 0:
-            raise ConfigError(f"text_config.{name} must be positive, got {value}")
+            raise CheckpointError(f"text_config.{name} must be positive, got {value}")
     if text.num_heads % text.num_kv_heads:
-        raise ConfigError(
+        raise CheckpointError(
             f"num_attention_heads ({text.num_heads}) is not a multiple of num_key_value_heads ({text.num_kv_heads})"
         )
     if vision.image_size % vision.patch_size:
-        raise ConfigError(f"image_size {vision.image_size} is not a multiple of patch_size {vision.patch_size}")
+        raise CheckpointError(f"image_size {vision.image_size} is not a multiple of patch_size {vision.patch_size}")
     return PaliGemmaConfig(
         vision=vision,
         text=text,
@@ -202,15 +200,17 @@ def load_config(checkpoint_dir: str | Path, window_policy: WindowPolicy = "none"
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; a checkpoint directory needs config.json") from None
+        raise CheckpointError(f"{path}: not found; a checkpoint directory needs config.json") from None
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON ({e}); re-download the checkpoint") from None
+        raise CheckpointError(f"{path}: invalid JSON ({e}); re-download the checkpoint") from None
     try:
         return from_hf_config(raw, window_policy)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except InputError:
+        raise  # an argument of ours (the window policy), not the file
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: bad value ({e})") from None
+        raise CheckpointError(f"{path}: bad value ({e})") from None
 
 
 def to_hf_config(config: PaliGemmaConfig) -> dict:

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from engine.errors import ImageLoadError, InputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -54,10 +56,6 @@ _PLUGIN_HINTS = {
     ".avif": "install pillow-avif-plugin (or a Pillow built with AVIF) or convert it to JPEG/PNG",
 }
 _WHITE = (255, 255, 255, 255)
-
-
-class ImageLoadError(ValueError):
-    """An image could not be read or converted; the message is one line naming the input."""
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -255,9 +253,9 @@ def _from_array(a: np.ndarray) -> Image.Image:
 def resize_square(img: Image.Image, image_size: int, resample: str = "bilinear") -> Image.Image:
     """Squash-resizes an RGB image to ``image_size`` x ``image_size`` with the named filter."""
     if resample not in RESAMPLE_FILTERS:
-        raise ValueError(f"unknown resample filter {resample!r}; choose one of {sorted(RESAMPLE_FILTERS)}")
+        raise InputError(f"unknown resample filter {resample!r}; choose one of {sorted(RESAMPLE_FILTERS)}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        raise InputError(f"image_size must be a positive int, got {image_size!r}")
     if img.size == (image_size, image_size):
         return img
     return img.resize((image_size, image_size), RESAMPLE_FILTERS[resample])
@@ -281,7 +279,7 @@ def preprocess_images(
     elif not isinstance(images, (list, tuple)):
         images = [images]
     if not images:
-        raise ValueError("preprocess_images() needs at least one image")
+        raise InputError("preprocess_images() needs at least one image")
     pixels = np.stack([np.asarray(resize_square(load_image(im), image_size, resample)) for im in images])
     # uint8 [B, H, W, 3] -> float32 [B, 3, H, W]; x/127.5 - 1 maps 0..255 onto [-1, 1].
     chw = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)

@@ -21,6 +21,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from engine.errors import InputError
+
 LOC_BINS = 1024  # <loc0000> .. <loc1023>; bin / 1024 is the common convention (spec §12.1)
 
 # Four loc tokens, optionally 16 seg tokens (segmentation), then an optional label up to the next
@@ -36,7 +38,7 @@ _SPACES = re.compile(r"\s+")
 def _one_line(text: str, what: str) -> str:
     cleaned = _SPACES.sub(" ", text).strip()
     if not cleaned:
-        raise ValueError(f"{what} is empty")
+        raise InputError(f"{what} is empty")
     return cleaned
 
 
@@ -44,7 +46,7 @@ def _lang(lang: str) -> str:
     # A language code is one word in the prompt; anything with spaces would shift the task syntax.
     code = lang.strip()
     if not code or _SPACES.search(code):
-        raise ValueError(f"language code {lang!r} must be one word, e.g. 'en', 'fr', 'zh'")
+        raise InputError(f"language code {lang!r} must be one word, e.g. 'en', 'fr', 'zh'")
     return code
 
 
@@ -68,7 +70,7 @@ def split_objects(objects: str | Iterable[str]) -> list[str]:
 def _objects_clause(objects: str | Iterable[str]) -> str:
     names = split_objects(objects)
     if not names:
-        raise ValueError("no object names given; name what to find, e.g. 'cat ; dog'")
+        raise InputError("no object names given; name what to find, e.g. 'cat ; dog'")
     return " ; ".join(names)
 
 
@@ -101,7 +103,7 @@ def parse_detections(text: str, width: int, height: int) -> list[Detection]:
     """Parses detection (or segmentation) output into boxes in pixels of a ``width`` x ``height``
     image. Inverted boxes are put in order and everything is clamped to the image."""
     if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
+        raise InputError(f"image size must be positive, got {width}x{height}")
     found = []
     for m in _INSTANCE.finditer(text):
         y1, x1, y2, x2 = (int(g) / LOC_BINS for g in m.group(1, 2, 3, 4))

@@ -23,7 +23,17 @@ import pytest
 from safetensors.numpy import save
 
 from engine.checkpoints import hub
-from engine.checkpoints.presets import UnknownPresetError
+from engine.errors import (
+    AccessDeniedError,
+    AuthenticationRequiredError,
+    DownloadInterruptedError,
+    LocalModelError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    OfflineError,
+    UnknownPresetError,
+    UnsupportedCheckpointError,
+)
 from tests.helpers.fake_hub import FakeHub
 
 PRESET = "pali_gemma2_mix_3b_224"
@@ -210,17 +220,17 @@ def test_local_directory(tmp_path, env):
     assert hub.is_cached(str(tmp_path / "ckpt"))
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(hub.LocalModelError, match="no config.json"):
+    with pytest.raises(LocalModelError, match="no config.json"):
         hub.resolve(str(tmp_path / "empty"))
-    with pytest.raises(hub.LocalModelError, match="is a file"):
+    with pytest.raises(LocalModelError, match="is a file"):
         hub.resolve(str(tmp_path / "ckpt" / "config.json"))
-    with pytest.raises(hub.LocalModelError, match="no such directory"):
+    with pytest.raises(LocalModelError, match="no such directory"):
         hub.resolve(str(tmp_path / "missing"))
 
 
 def test_bare_repo_id_hints_at_hf_uri(env, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(hub.LocalModelError, match="hf://google/paligemma2-3b-mix-224"):
+    with pytest.raises(LocalModelError, match="hf://google/paligemma2-3b-mix-224"):
         hub.resolve("google/paligemma2-3b-mix-224")
 
 
@@ -238,7 +248,7 @@ def test_bundled_demo_model_resolves_or_says_it_is_missing(env):
     if (demo.bundled_dir / "config.json").is_file():
         assert hub.resolve("pali-demo-shapes") == demo.bundled_dir
     else:
-        with pytest.raises(hub.LocalModelError, match="pali-demo-shapes"):
+        with pytest.raises(LocalModelError, match="pali-demo-shapes"):
             hub.resolve("pali-demo-shapes")
         assert not hub.is_cached("pali-demo-shapes")
 
@@ -266,7 +276,7 @@ def test_failed_download_continues_on_the_next_call(fake_hub, env):
     # The connection drops, and the retry meets a server error: this call gives up.
     fake_hub.add_fault(REPO, "model.safetensors", ("drop", 60_000), ("status", 503))
 
-    with pytest.raises(hub.ModelUnavailableError, match="503"):
+    with pytest.raises(ModelUnavailableError, match="503"):
         hub.resolve(PRESET, quiet=True)
     assert not hub.is_cached(PRESET)
     fake_hub.clear_requests()
@@ -286,8 +296,9 @@ def test_connection_lost_for_good_is_an_interrupted_download(fake_hub, monkeypat
     fake_hub.add_fault(REPO, "model.safetensors", ("drop", 60_000), *[("drop", 0)] * 5)
     monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 4096)
 
-    with pytest.raises(hub.DownloadInterruptedError, match=f"pali presets download {PRESET}"):
+    with pytest.raises(DownloadInterruptedError, match="try again to continue") as caught:
         hub.resolve(PRESET, quiet=True)
+    assert caught.value.label == PRESET and "pali " not in str(caught.value)
 
     fake_hub.clear_faults()
     assert_same_files(hub.resolve(PRESET, quiet=True), files)
@@ -300,19 +311,21 @@ def test_offline_and_not_cached(fake_hub, monkeypatch):
     fake_hub.add_repo(REPO, checkpoint_files())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    with pytest.raises(hub.OfflineError) as caught:
+    with pytest.raises(OfflineError) as caught:
         hub.resolve(PRESET)
 
     message = str(caught.value)
-    assert PRESET in message and "HF_HUB_OFFLINE" in message
-    assert f"pali presets download {PRESET}" in message
+    assert PRESET in message and "HF_HUB_OFFLINE" in message and "while online" in message
+    assert caught.value.label == PRESET  # for front ends to say how they download
+    assert "pali presets" not in message  # the engine never names CLI commands
     assert fake_hub.requests == []
 
 
 def test_no_download_allowed_and_not_cached(fake_hub):
     fake_hub.add_repo(REPO, checkpoint_files())
-    with pytest.raises(hub.OfflineError, match=f"pali presets download {PRESET}"):
+    with pytest.raises(OfflineError, match=f"{PRESET} is not downloaded") as caught:
         hub.resolve(PRESET, allow_download=False)
+    assert caught.value.label == PRESET and "pali presets" not in str(caught.value)
     assert fake_hub.requests == []
 
 
@@ -320,14 +333,14 @@ def test_unreachable_hub_and_not_cached(env, monkeypatch):
     with FakeHub() as server:
         url = server.url  # a port that nothing listens on once the server is stopped
     monkeypatch.setenv("HF_ENDPOINT", url)
-    with pytest.raises(hub.OfflineError, match="cannot reach"):
+    with pytest.raises(OfflineError, match="cannot reach"):
         hub.resolve(PRESET, quiet=True)
 
 
 def test_401_asks_for_a_login_and_never_shows_the_token(fake_hub, monkeypatch):
     fake_hub.add_repo(REPO, checkpoint_files(), access="private")
 
-    with pytest.raises(hub.AuthenticationRequiredError) as caught:
+    with pytest.raises(AuthenticationRequiredError) as caught:
         hub.resolve(PRESET, quiet=True)
     message = str(caught.value)
     assert "HF_TOKEN" in message and "hf auth login" in message
@@ -335,7 +348,7 @@ def test_401_asks_for_a_login_and_never_shows_the_token(fake_hub, monkeypatch):
 
     wrong = "hf_wrong_secret_value_12345"
     monkeypatch.setenv("HF_TOKEN", wrong)
-    with pytest.raises(hub.AuthenticationRequiredError) as caught:
+    with pytest.raises(AuthenticationRequiredError) as caught:
         hub.resolve(PRESET, quiet=True)
     assert wrong not in str(caught.value) and "rejected" in str(caught.value)
     assert any(r.authorization == f"Bearer {wrong}" for r in fake_hub.requests)  # HF_TOKEN was used
@@ -348,7 +361,7 @@ def test_403_gated_asks_to_accept_the_license(fake_hub, monkeypatch):
     fake_hub.add_repo(REPO, checkpoint_files(), access="gated", granted=False)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
 
-    with pytest.raises(hub.AccessDeniedError) as caught:
+    with pytest.raises(AccessDeniedError) as caught:
         hub.resolve(PRESET, quiet=True)
 
     message = str(caught.value)
@@ -358,15 +371,15 @@ def test_403_gated_asks_to_accept_the_license(fake_hub, monkeypatch):
 
 def test_gated_without_a_token_is_a_401(fake_hub):
     fake_hub.add_repo(REPO, checkpoint_files(), access="gated", granted=True)
-    with pytest.raises(hub.AuthenticationRequiredError):
+    with pytest.raises(AuthenticationRequiredError):
         hub.resolve(PRESET, quiet=True)
 
 
 def test_404_repo_and_revision(fake_hub):
     fake_hub.add_repo("someone/exists", checkpoint_files())
-    with pytest.raises(hub.ModelNotFoundError, match="someone/missing"):
+    with pytest.raises(ModelNotFoundError, match="someone/missing"):
         hub.resolve("hf://someone/missing", quiet=True)
-    with pytest.raises(hub.ModelNotFoundError, match="revision 'nope'"):
+    with pytest.raises(ModelNotFoundError, match="revision 'nope'"):
         hub.resolve("hf://someone/exists@nope", quiet=True)
 
 
@@ -375,7 +388,7 @@ def test_pickled_only_repo_is_refused_without_fetching_the_pickle(fake_hub):
     del files["model.safetensors"]
     fake_hub.add_repo("someone/old-format", files)
 
-    with pytest.raises(hub.UnsupportedCheckpointError, match=r"pickled weights \(pytorch_model.bin\)"):
+    with pytest.raises(UnsupportedCheckpointError, match=r"pickled weights \(pytorch_model.bin\)"):
         hub.resolve("hf://someone/old-format", quiet=True)
 
     assert not any(r.path.endswith(".bin") for r in fake_hub.requests)
@@ -383,7 +396,7 @@ def test_pickled_only_repo_is_refused_without_fetching_the_pickle(fake_hub):
 
 
 def test_malformed_hub_uri(env):
-    with pytest.raises(hub.ModelNotFoundError, match="hf://owner/repo"):
+    with pytest.raises(ModelNotFoundError, match="hf://owner/repo"):
         hub.resolve("hf://datasets/someone/data")
 
 
@@ -417,11 +430,11 @@ def test_remove_frees_pali_cache_and_leaves_the_huggingface_cache_alone(fake_hub
 def test_remove_refuses_local_directories_and_the_shared_cache(tmp_path, env, monkeypatch):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")
-    with pytest.raises(hub.LocalModelError, match="local directory"):
+    with pytest.raises(LocalModelError, match="local directory"):
         hub.remove(str(tmp_path / "ckpt"))
     monkeypatch.setenv("PALI_CACHE_DIR", str(env["hf"]))
     env["hf"].mkdir(parents=True)
-    with pytest.raises(hub.LocalModelError, match="shared Hugging Face cache"):
+    with pytest.raises(LocalModelError, match="shared Hugging Face cache"):
         hub.remove(PRESET)
 
 
@@ -429,7 +442,7 @@ def test_remove_clears_an_aborted_download(fake_hub, env):
     files = checkpoint_files(weights=50_000)
     fake_hub.add_repo(REPO, files)
     fake_hub.add_fault(REPO, "model.safetensors", ("status", 500))
-    with pytest.raises(hub.ModelUnavailableError, match="500"):
+    with pytest.raises(ModelUnavailableError, match="500"):
         hub.resolve(PRESET, quiet=True)
 
     assert hub.remove(PRESET) > 0

@@ -13,7 +13,8 @@ import torch
 from safetensors import safe_open
 
 from engine.checkpoints.reader import TensorReader
-from engine.checkpoints.weights import CheckpointError, load_backbone
+from engine.checkpoints.weights import load_backbone
+from engine.errors import CheckpointError
 from engine.model.config import load_config
 from engine.runtime.memory import HUGE_PAGE, empty_weight, huge_pages_available
 from tests.helpers.checkpoints import TinySpec

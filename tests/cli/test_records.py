@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pali_cli.errors import PaliError
+from pali_cli.errors import CliError
 from pali_cli.records import Record, ResultsFile, make_key
 
 
@@ -110,12 +110,12 @@ def test_clear_empties_the_file_when_the_first_new_record_comes(tmp_path, warnin
 
 
 def test_a_directory_as_output_is_refused_with_a_hint(tmp_path, warnings):
-    with pytest.raises(PaliError, match="is a directory"):
+    with pytest.raises(CliError, match="is a directory"):
         ResultsFile(tmp_path, warnings.append)
 
 
 def test_an_unwritable_output_is_one_clear_error(tmp_path, warnings):
     (tmp_path / "file").write_text("a regular file, so nothing can be created below it")
     out = ResultsFile(tmp_path / "file" / "out.jsonl", warnings.append)
-    with pytest.raises(PaliError, match="cannot write .*out.jsonl"):
+    with pytest.raises(CliError, match="cannot write .*out.jsonl"):
         out.write(rec("a.jpg"))

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.processing.image import ImageLoadError, load_image, preprocess_images
+from engine.errors import ImageLoadError
+from engine.processing.image import load_image, preprocess_images
 
 RNG = np.random.default_rng(1234)
 RED, BLUE = (255, 0, 0), (0, 0, 255)
