@@ -80,7 +80,7 @@ def run_ours(args, t_start: float) -> dict:
     t0 = time.perf_counter()
     for rows, new in stream_tokens(backbone, pixels, prompts, [args.new_tokens] * args.batch, sample):
         stamps.append(time.perf_counter())
-        for row, token in zip(rows, new.tolist()):
+        for row, token in zip(rows, new, strict=True):
             tokens[row].append(token)
     return _timings(args, t_start, t_import, t_load, t0, stamps, tokens, tops, weight_bytes(backbone))
 

@@ -97,11 +97,22 @@ class PaliGemmaBackbone(nn.Module):
 
     def prefill_masks(self, input_mask: torch.Tensor, mask_ar: torch.Tensor, positions: torch.Tensor) -> Masks:
         """Masks for a whole sequence: input_mask, mask_ar bool[B, S]; positions int[B, S]."""
-        full = prefix_lm_mask(input_mask, mask_ar)
+        prefix = ~mask_ar
+        return self._masks(prefix_lm_mask(input_mask, mask_ar), positions, positions, prefix, prefix)
+
+    def decode_masks(self, q_pos: torch.Tensor, key_valid: torch.Tensor, key_pos: torch.Tensor) -> Masks:
+        """Masks for one new (causal) token per row against the cache: q_pos int[B, 1]; key_valid
+        bool[B, S] (slots holding a real token, the new one included); key_pos int[B, S]."""
+        full = key_valid[:, None, None, :]  # (B, 1, 1, S)
+        not_prefix = torch.zeros_like(q_pos, dtype=torch.bool)  # a generated token is never prefix
+        return self._masks(full, q_pos, key_pos, not_prefix, torch.zeros_like(key_valid))
+
+    def _masks(self, full: torch.Tensor, q_pos, k_pos, q_prefix, k_prefix) -> Masks:
+        """The global mask, plus the sliding layers' one when the model has any: the window rule
+        (engine.model.masks.window_mask) is applied here for prefill and decode alike."""
         if not any(layer.sliding for layer in self.language_model.layers):
             return Masks(full)
-        prefix = ~mask_ar
-        window = window_mask(positions, positions, prefix, prefix, self.config.text.sliding_window)
+        window = window_mask(q_pos, k_pos, q_prefix, k_prefix, self.config.text.sliding_window)
         return Masks(full, full & window)
 
     def forward(
