@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     ref = tokens[("ours", "fp32")]
     summary = {"preset": args.preset, "checkpoint": str(checkpoint), "greedy": {}, "teacher_forced": {}}
     for (side, mode), toks in tokens.items():
-        lead = next((i for i, (a, b) in enumerate(zip(ref, toks)) if a != b), len(ref))
+        lead = next((i for i, (a, b) in enumerate(zip(ref, toks, strict=False)) if a != b), len(ref))
         summary["greedy"][f"{side} {mode}"] = {
             "leading_equal": lead,
-            "equal": sum(a == b for a, b in zip(ref, toks)),
+            "equal": sum(a == b for a, b in zip(ref, toks, strict=False)),
             "of": len(ref),
         }
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,14 +94,16 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(summary))
     print(f"\n{args.preset}: against our fp32 model, {len(ref)} generated tokens\n")
     print(
-        "| mode | greedy: leading tokens equal | greedy: tokens equal | logit cosine mean | min | top-1 agreement (teacher-forced) | max abs diff |"
+        "| mode | greedy: leading tokens equal | greedy: tokens equal | logit cosine mean | min "
+        "| top-1 agreement (teacher-forced) | max abs diff |"
     )
     print("|---|---|---|---|---|---|---|")
     for key in logits:
         name = " ".join(key)
         g, t = summary["greedy"][name], summary["teacher_forced"][name]
         print(
-            f"| {name} | {g['leading_equal']}/{g['of']} | {g['equal']}/{g['of']} | {t['cosine_mean']:.6f} | {t['cosine_min']:.6f} | "
+            f"| {name} | {g['leading_equal']}/{g['of']} | {g['equal']}/{g['of']} "
+            f"| {t['cosine_mean']:.6f} | {t['cosine_min']:.6f} | "
             f"{t['top1_agreement']:.3f} | {t['max_abs_diff']:.2e} |"
         )
     print(f"\nlogit std (our fp32): {summary['teacher_forced']['ours fp32']['logit_std']:.4f}")

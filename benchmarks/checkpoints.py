@@ -78,7 +78,9 @@ def draw(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch
 
 
 def _shards(shapes: dict[str, tuple[int, ...]], element_size: int) -> list[list[str]]:
-    shards, current, size = [], [], 0
+    shards: list[list[str]] = []
+    current: list[str] = []
+    size = 0
     for name, shape in shapes.items():
         nbytes = element_size
         for d in shape:

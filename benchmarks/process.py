@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             jobs[f"ours {dtype} {args.quantize}"] = commands(checkpoint, image, dtype, args.quantize, args.new_tokens)[
                 "ours"
             ]
-    for name, cmd in jobs.items():  # warm the page cache (and the quantized cache) untimed
+    for cmd in jobs.values():  # warm the page cache (and the quantized cache) untimed
         timed(cmd)
     names = list(jobs)
     for r in range(args.runs):

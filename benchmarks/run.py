@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -100,7 +101,8 @@ def jobs_for(modes: list[str]) -> list[tuple[str, str]]:
 def run(args) -> Path:
     out = args.out or default_root() / f"results-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    targets = [(Path(c).name, Path(c)) for c in args.checkpoint] or [(p, None) for p in args.presets]
+    targets: list[tuple[str, Path | None]] = [(Path(c).name, Path(c)) for c in args.checkpoint]
+    targets = targets or [(p, None) for p in args.presets]
     for preset, checkpoint in targets:
         checkpoint = checkpoint or build(preset, args.root)
         ids = prompt_ids(checkpoint)
@@ -163,9 +165,10 @@ def run(args) -> Path:
 # ------------------------------------------------------------------------------------- summary
 
 
-def _median(records: list[dict], key: str) -> float | None:
+def _median(records: list[dict], key: str) -> float:
+    """The median of ``key`` over the records that have it; nan when none has (prints as "nan")."""
     values = [r[key] for r in records if key in r]
-    return statistics.median(values) if values else None
+    return statistics.median(values) if values else math.nan
 
 
 def summarize(path: Path) -> str:
@@ -178,14 +181,16 @@ def summarize(path: Path) -> str:
         "",
         f"Medians ({path}):",
         "",
-        "| preset | batch | side | mode | runs | TTFT s | decode ms/tok | images/s | load s | import s | peak RSS GiB | weights GiB |",
+        "| preset | batch | side | mode | runs | TTFT s | decode ms/tok | images/s | load s | import s "
+        "| peak RSS GiB | weights GiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (preset, batch, side, mode), rs in sorted(groups.items()):
         m = {k: _median(rs, k) for k in METRICS}
         lines.append(
-            f"| {preset} | {batch} | {side} | {mode} | {len(rs)} | {m['ttft_s']:.2f} | {m['decode_ms_per_token']:.0f} | "
-            f"{m['images_per_s']:.4f} | {m['load_s']:.2f} | {m['import_s']:.2f} | {m['peak_rss_gib']:.2f} | {m['weight_gib']:.2f} |"
+            f"| {preset} | {batch} | {side} | {mode} | {len(rs)} | {m['ttft_s']:.2f} "
+            f"| {m['decode_ms_per_token']:.0f} | {m['images_per_s']:.4f} | {m['load_s']:.2f} | {m['import_s']:.2f} "
+            f"| {m['peak_rss_gib']:.2f} | {m['weight_gib']:.2f} |"
         )
     lines += [
         "",
@@ -207,7 +212,8 @@ def summarize(path: Path) -> str:
             first_h = _median(ref, "load_s") + h["ttft_s"]
             lines.append(
                 f"| {preset} | {batch} | {mode} | {ref_mode} | {o['ttft_s'] / h['ttft_s']:.2f}x | "
-                f"{h['decode_ms_per_token'] / o['decode_ms_per_token']:.2f}x | {o['images_per_s'] / h['images_per_s']:.2f}x | "
+                f"{h['decode_ms_per_token'] / o['decode_ms_per_token']:.2f}x "
+                f"| {o['images_per_s'] / h['images_per_s']:.2f}x | "
                 f"{o['peak_rss_gib'] / h['peak_rss_gib']:.2f}x | {first_o / first_h:.2f}x |"
             )
     lines += ["", "Top-1 parity of the greedy tokens (row 0, every run), ours vs transformers in the same dtype:", ""]
@@ -242,12 +248,13 @@ def parity_lines(records: list[dict]) -> list[str]:
         theirs = {tuple(r["tokens"][0]) for r in sides["hf"]}
         if len(ours) > 1 or len(theirs) > 1:
             lines.append(
-                f"- {preset} {mode}: runs disagree with themselves ({len(ours)} ours / {len(theirs)} transformers variants)"
+                f"- {preset} {mode}: runs disagree with themselves "
+                f"({len(ours)} ours / {len(theirs)} transformers variants)"
             )
         a, b = next(iter(ours)), next(iter(theirs))
         ra = next(r for r in sides["ours"] if tuple(r["tokens"][0]) == a)
         rb = next(r for r in sides["hf"] if tuple(r["tokens"][0]) == b)
-        step = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        step = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
         if step is None:
             lines.append(f"- {preset} {mode}: identical, {len(a)}/{len(b)} tokens")
             continue

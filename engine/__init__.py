@@ -73,7 +73,41 @@ _EXPORTS = {
     "UnsupportedCheckpointError": "errors",
 }
 
-__all__ = sorted(_EXPORTS)
+# Spelt out (not sorted(_EXPORTS)) so that type checkers and linters see the public names;
+# tests/test_public_api.py checks that the two agree.
+__all__ = [
+    "AccessDeniedError",
+    "AuthenticationRequiredError",
+    "CheckpointError",
+    "Completion",
+    "DownloadInterruptedError",
+    "GreedySampler",
+    "ImageLoadError",
+    "InputError",
+    "LocalModelError",
+    "ModelNotFoundError",
+    "ModelUnavailableError",
+    "OfflineError",
+    "PaliError",
+    "PaliGemmaBackbone",
+    "PaliGemmaCausalLM",
+    "PaliGemmaCausalLMPreprocessor",
+    "PaliGemmaConfig",
+    "PaliGemmaTokenizer",
+    "QuantizeError",
+    "RandomSampler",
+    "SamplerConfig",
+    "TextConfig",
+    "TopKSampler",
+    "TopPSampler",
+    "TrainingError",
+    "UnknownPresetError",
+    "UnsupportedCheckpointError",
+    "VisionConfig",
+    "from_hf_config",
+    "load_config",
+    "set_num_threads",
+]
 
 
 def __getattr__(name: str) -> Any:

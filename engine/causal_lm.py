@@ -30,7 +30,7 @@ from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
 from engine.processing.tokenizer import PaliGemmaTokenizer
 from engine.runtime.devices import resolve_device, resolve_dtype
 from engine.runtime.optimize import optimize
-from engine.samplers import GreedySampler, get_sampler, make_generator
+from engine.samplers import GreedySampler, Sampler, get_sampler, make_generator
 
 DEFAULT_SEQUENCE_LENGTH = 1024  # keras-hub's preprocessor default
 
@@ -46,7 +46,7 @@ class PaliGemmaCausalLM:
     def __init__(self, backbone: PaliGemmaBackbone, preprocessor: PaliGemmaCausalLMPreprocessor | None = None):
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.sampler = GreedySampler()
+        self.sampler: Sampler = GreedySampler()
         self.preset: str | None = None
         self.dtype_reason = "requested"
 
@@ -132,7 +132,7 @@ class PaliGemmaCausalLM:
             stop_ids,
             vocab_limit=vocab,
         )
-        for i, tokens in zip(live, new):
+        for i, tokens in zip(live, new, strict=True):
             out[i] = tokens
         return out
 
@@ -212,13 +212,13 @@ class PaliGemmaCausalLM:
             )
         max_length = max_length or pre.sequence_length
         rows = [pre.encode_prompt(p) for p in prompt_list]
-        for p, ids in zip(prompt_list, rows):
+        for p, ids in zip(prompt_list, rows, strict=True):
             if len(ids) > max_length:
                 raise InputError(f"prompt {p!r} is {len(ids)} tokens, more than max_length={max_length}")
         stop_ids = self._stop_ids(stop_token_ids)
         new = self._generate_ids(pixel_values, rows, [max_length - len(r) for r in rows], stop_ids)
         texts = []
-        for ids, tokens in zip(rows, new):
+        for ids, tokens in zip(rows, new, strict=True):
             if tokens and tokens[-1] in stop_ids:
                 tokens = tokens[:-1]
             texts.append(pre.tokenizer.detokenize(tokens if strip_prompt else ids + tokens))
@@ -241,7 +241,7 @@ class PaliGemmaCausalLM:
         new = self._generate_ids(pixel_values, rows, [t - len(r) for r in rows], stop_ids)
         out_ids = torch.full((b, t), self.backbone.config.pad_token_id, dtype=torch.long)
         out_mask = torch.zeros(b, t, dtype=torch.bool)
-        for i, (prompt, tokens) in enumerate(zip(rows, new)):
+        for i, (prompt, tokens) in enumerate(zip(rows, new, strict=True)):
             row = prompt + tokens  # a stop token stays in the mask, as in keras-hub; nothing after it
             out_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             out_mask[i, : len(row)] = True

@@ -40,7 +40,8 @@ EPILOG = f"""[bold]Examples:[/bold]
 
 {EXIT_CODES}
 
-[bold]Environment:[/bold] PALI_PRESET, PALI_DEVICE, PALI_QUANTIZE, PALI_CACHE_DIR; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE for downloads; NO_COLOR; PALI_DEBUG=1 shows tracebacks."""
+[bold]Environment:[/bold] PALI_PRESET, PALI_DEVICE, PALI_QUANTIZE, PALI_CACHE_DIR; HF_TOKEN, HF_ENDPOINT, \
+HF_HUB_OFFLINE for downloads; NO_COLOR; PALI_DEBUG=1 shows tracebacks."""
 
 
 class PaliGroup(TyperGroup):

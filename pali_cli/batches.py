@@ -53,7 +53,7 @@ class Prefetcher:
         self._ahead = ahead
 
     def __iter__(self) -> Iterator[list[tuple[Path, Loaded]]]:
-        pending: deque[tuple[list[Path], list[Future]]] = deque()
+        pending: deque[tuple[list[Path], list[Future[Loaded]]]] = deque()
         upcoming = iter(self._batches)
 
         def submit() -> None:

@@ -288,7 +288,8 @@ class RunOptions:
                 raise UsageProblem(f"{', '.join(given)} only shape sidecar files; add --sidecar")
         if self.temperature is not None and not self.temperature > 0:
             raise UsageProblem(
-                f"--temperature must be greater than 0, got {self.temperature:g}; use --sampler greedy for deterministic output"
+                f"--temperature must be greater than 0, got {self.temperature:g}; "
+                "use --sampler greedy for deterministic output"
             )
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageProblem(f"--top-p must be in (0, 1], got {self.top_p:g}")

@@ -91,10 +91,10 @@ class Record:
 def _key_of(obj: Any) -> RecordKey | None:
     if not isinstance(obj, dict):
         return None
-    fields = [obj.get(k) for k in ("image", "task", "prompt", "preset")]
-    if not all(isinstance(f, str) for f in fields):
-        return None
-    return make_key(*fields)
+    image, task, prompt, preset = (obj.get(k) for k in ("image", "task", "prompt", "preset"))
+    if isinstance(image, str) and isinstance(task, str) and isinstance(prompt, str) and isinstance(preset, str):
+        return make_key(image, task, prompt, preset)
+    return None
 
 
 class Sink(Protocol):
@@ -248,12 +248,14 @@ class TextStream:
     """Plain text on stdout (one image): the result as the task renders it; failures go to the
     caller, which reports them on stderr."""
 
-    def __init__(self, render: Callable[[Record], str]) -> None:
+    def __init__(self, render: Callable[[Record], str | None]) -> None:
         self._render = render
 
     def write(self, record: Record) -> None:
         if record.ok:
             text = self._render(record)
+            if text is None:  # nothing to show, e.g. detect found no object
+                return
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
             sys.stdout.flush()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def counts(ids: torch.Tensor, vocab: int) -> list[int]:
 def chi_square(observed: list[int], expected_probs: list[float]) -> float:
     """Pearson statistic over the ids with non-zero expected probability."""
     n = sum(observed)
-    return sum((o - n * q) ** 2 / (n * q) for o, q in zip(observed, expected_probs) if q > 0)
+    return sum((o - n * q) ** 2 / (n * q) for o, q in zip(observed, expected_probs, strict=True) if q > 0)
 
 
 # Upper 1e-4 tail of chi-square with df degrees of freedom is below 2 * df + 16 for df <= 10;
@@ -139,7 +140,7 @@ def test_make_generator_is_seeded_on_device() -> None:
 
 def test_sampler_object_matches_function() -> None:
     logits = torch.randn(16, 30, generator=gen(8))
-    pairs = [
+    pairs: list[tuple[Sampler, Callable[[torch.Generator], torch.Tensor]]] = [
         (TopKSampler(k=4, temperature=0.7), lambda g: sample_top_k(logits, 4, 0.7, g)),
         (TopPSampler(p=0.6, k=5, temperature=1.3), lambda g: sample_top_p(logits, 0.6, 5, 1.3, g)),
         (RandomSampler(temperature=2.0), lambda g: sample_random(logits, 2.0, g)),
@@ -302,7 +303,7 @@ def test_rows_follow_their_own_logits() -> None:
     for r in range(rows):
         logits[r, [r, r + 10]] = 0.0
     for name, fn in sample_fns(1.0).items():
-        seen = [set() for _ in range(rows)]
+        seen: list[set[int]] = [set() for _ in range(rows)]
         g = gen(28)
         for _ in range(40):
             for r, i in enumerate(fn(logits, g).tolist()):
@@ -324,7 +325,7 @@ def test_identical_rows_draw_independently() -> None:
     "make",
     [
         lambda: TopKSampler(k=0),
-        lambda: TopKSampler(k=2.5),
+        lambda: TopKSampler(k=2.5),  # type: ignore[arg-type]  # wrong types on purpose
         lambda: TopKSampler(k=True),
         lambda: TopKSampler(temperature=-0.1),
         lambda: TopKSampler(temperature=math.inf),
@@ -334,8 +335,8 @@ def test_identical_rows_draw_independently() -> None:
         lambda: TopPSampler(p=0.5, k=0),
         lambda: RandomSampler(temperature=math.nan),
         lambda: RandomSampler(seed=-1),
-        lambda: RandomSampler(seed="42"),
-        lambda: TopPSampler(seed=1.5),
+        lambda: RandomSampler(seed="42"),  # type: ignore[arg-type]
+        lambda: TopPSampler(seed=1.5),  # type: ignore[arg-type]
     ],
 )
 def test_invalid_sampler_arguments_raise(make) -> None:

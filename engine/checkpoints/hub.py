@@ -163,9 +163,9 @@ def _incomplete_repo_error(source: HubSource, root: Path, missing: list[str]) ->
 def _quiet_tqdm() -> type:
     from huggingface_hub.utils import tqdm as hf_tqdm
 
-    class QuietTqdm(hf_tqdm):  # type: ignore[misc]  # huggingface_hub's tqdm is untyped
+    class QuietTqdm(hf_tqdm):
         def __init__(self, *args: object, **kwargs: object) -> None:
             kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # tqdm is untyped
 
     return QuietTqdm

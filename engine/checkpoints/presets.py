@@ -17,6 +17,7 @@ import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.errors import LocalModelError, UnknownPresetError
 
@@ -73,32 +74,34 @@ class Preset:
 # half the size, and bf16 is what we run (spec §9.1). PaliGemma 2 main is already bfloat16.
 _PG1_REVISION = "bfloat16"
 
+_Row = tuple[str, int, str, str, int, int | None, int, str]
+
 # fmt: off
-_TABLE: tuple[tuple, ...] = (
-    # name                           family        size   kind   res  seq   params          hf_repo
-    ("pali_gemma_3b_mix_224",        "paligemma",  "3b",  "mix", 224, 256,  2_923_335_408,  "google/paligemma-3b-mix-224"),
-    ("pali_gemma_3b_mix_448",        "paligemma",  "3b",  "mix", 448, 512,  2_924_220_144,  "google/paligemma-3b-mix-448"),
-    ("pali_gemma_3b_224",            "paligemma",  "3b",  "pt",  224, 128,  2_923_335_408,  "google/paligemma-3b-pt-224"),
-    ("pali_gemma_3b_448",            "paligemma",  "3b",  "pt",  448, 512,  2_924_220_144,  "google/paligemma-3b-pt-448"),
-    ("pali_gemma_3b_896",            "paligemma",  "3b",  "pt",  896, 512,  2_927_759_088,  "google/paligemma-3b-pt-896"),
-    ("pali_gemma2_mix_3b_224",       "paligemma2", "3b",  "mix", 224, None, 3_032_094_960,  "google/paligemma2-3b-mix-224"),
-    ("pali_gemma2_mix_3b_448",       "paligemma2", "3b",  "mix", 448, None, 3_032_979_696,  "google/paligemma2-3b-mix-448"),
-    ("pali_gemma2_mix_10b_224",      "paligemma2", "10b", "mix", 224, None, 9_662_409_456,  "google/paligemma2-10b-mix-224"),
-    ("pali_gemma2_mix_10b_448",      "paligemma2", "10b", "mix", 448, None, 9_663_294_192,  "google/paligemma2-10b-mix-448"),
-    ("pali_gemma2_mix_28b_224",      "paligemma2", "28b", "mix", 224, None, 27_650_192_112, "google/paligemma2-28b-mix-224"),
-    ("pali_gemma2_mix_28b_448",      "paligemma2", "28b", "mix", 448, None, 27_651_076_848, "google/paligemma2-28b-mix-448"),
-    ("pali_gemma2_pt_3b_224",        "paligemma2", "3b",  "pt",  224, None, 3_032_094_960,  "google/paligemma2-3b-pt-224"),
-    ("pali_gemma2_pt_3b_448",        "paligemma2", "3b",  "pt",  448, None, 3_032_979_696,  "google/paligemma2-3b-pt-448"),
-    ("pali_gemma2_pt_3b_896",        "paligemma2", "3b",  "pt",  896, None, 3_036_518_640,  "google/paligemma2-3b-pt-896"),
-    ("pali_gemma2_pt_10b_224",       "paligemma2", "10b", "pt",  224, None, 9_662_409_456,  "google/paligemma2-10b-pt-224"),
-    ("pali_gemma2_pt_10b_448",       "paligemma2", "10b", "pt",  448, None, 9_663_294_192,  "google/paligemma2-10b-pt-448"),
-    ("pali_gemma2_pt_10b_896",       "paligemma2", "10b", "pt",  896, None, 9_666_833_136,  "google/paligemma2-10b-pt-896"),
-    ("pali_gemma2_pt_28b_224",       "paligemma2", "28b", "pt",  224, None, 27_650_192_112, "google/paligemma2-28b-pt-224"),
+_TABLE: tuple[_Row, ...] = (
+    # name                           PG size   kind   res  seq   params          hf_repo
+    ("pali_gemma_3b_mix_224",        1, "3b",  "mix", 224, 256,  2_923_335_408,  "google/paligemma-3b-mix-224"),
+    ("pali_gemma_3b_mix_448",        1, "3b",  "mix", 448, 512,  2_924_220_144,  "google/paligemma-3b-mix-448"),
+    ("pali_gemma_3b_224",            1, "3b",  "pt",  224, 128,  2_923_335_408,  "google/paligemma-3b-pt-224"),
+    ("pali_gemma_3b_448",            1, "3b",  "pt",  448, 512,  2_924_220_144,  "google/paligemma-3b-pt-448"),
+    ("pali_gemma_3b_896",            1, "3b",  "pt",  896, 512,  2_927_759_088,  "google/paligemma-3b-pt-896"),
+    ("pali_gemma2_mix_3b_224",       2, "3b",  "mix", 224, None, 3_032_094_960,  "google/paligemma2-3b-mix-224"),
+    ("pali_gemma2_mix_3b_448",       2, "3b",  "mix", 448, None, 3_032_979_696,  "google/paligemma2-3b-mix-448"),
+    ("pali_gemma2_mix_10b_224",      2, "10b", "mix", 224, None, 9_662_409_456,  "google/paligemma2-10b-mix-224"),
+    ("pali_gemma2_mix_10b_448",      2, "10b", "mix", 448, None, 9_663_294_192,  "google/paligemma2-10b-mix-448"),
+    ("pali_gemma2_mix_28b_224",      2, "28b", "mix", 224, None, 27_650_192_112, "google/paligemma2-28b-mix-224"),
+    ("pali_gemma2_mix_28b_448",      2, "28b", "mix", 448, None, 27_651_076_848, "google/paligemma2-28b-mix-448"),
+    ("pali_gemma2_pt_3b_224",        2, "3b",  "pt",  224, None, 3_032_094_960,  "google/paligemma2-3b-pt-224"),
+    ("pali_gemma2_pt_3b_448",        2, "3b",  "pt",  448, None, 3_032_979_696,  "google/paligemma2-3b-pt-448"),
+    ("pali_gemma2_pt_3b_896",        2, "3b",  "pt",  896, None, 3_036_518_640,  "google/paligemma2-3b-pt-896"),
+    ("pali_gemma2_pt_10b_224",       2, "10b", "pt",  224, None, 9_662_409_456,  "google/paligemma2-10b-pt-224"),
+    ("pali_gemma2_pt_10b_448",       2, "10b", "pt",  448, None, 9_663_294_192,  "google/paligemma2-10b-pt-448"),
+    ("pali_gemma2_pt_10b_896",       2, "10b", "pt",  896, None, 9_666_833_136,  "google/paligemma2-10b-pt-896"),
+    ("pali_gemma2_pt_28b_224",       2, "28b", "pt",  224, None, 27_650_192_112, "google/paligemma2-28b-pt-224"),
     # keras-hub's metadata repeats the 224 count for 28B 448/896; these are the recomputed values (§10.1).
-    ("pali_gemma2_pt_28b_448",       "paligemma2", "28b", "pt",  448, None, 27_651_076_848, "google/paligemma2-28b-pt-448"),
-    ("pali_gemma2_pt_28b_896",       "paligemma2", "28b", "pt",  896, None, 27_654_615_792, "google/paligemma2-28b-pt-896"),
-    ("pali_gemma_2_ft_docci_3b_448", "paligemma2", "3b",  "ft",  448, None, 3_032_979_696,  "google/paligemma2-3b-ft-docci-448"),
-    ("pali_gemma2_ft_docci_10b_448", "paligemma2", "10b", "ft",  448, None, 9_663_294_192,  "google/paligemma2-10b-ft-docci-448"),
+    ("pali_gemma2_pt_28b_448",       2, "28b", "pt",  448, None, 27_651_076_848, "google/paligemma2-28b-pt-448"),
+    ("pali_gemma2_pt_28b_896",       2, "28b", "pt",  896, None, 27_654_615_792, "google/paligemma2-28b-pt-896"),
+    ("pali_gemma_2_ft_docci_3b_448", 2, "3b",  "ft",  448, None, 3_032_979_696,  "google/paligemma2-3b-ft-docci-448"),
+    ("pali_gemma2_ft_docci_10b_448", 2, "10b", "ft",  448, None, 9_663_294_192,  "google/paligemma2-10b-ft-docci-448"),
 )
 
 # Other names users may have: keras-hub called the PaliGemma 2 presets pali_gemma2_<size>_<kind>_<res>
@@ -122,8 +125,12 @@ _KIND_TEXT = {
 }
 
 
-def _row_to_preset(row: tuple) -> Preset:
-    name, family, size, kind, res, seq, params, repo = row
+_FAMILY = {1: "paligemma", 2: "paligemma2"}  # the table's PG column: PaliGemma 1 or 2
+
+
+def _row_to_preset(row: _Row) -> Preset:
+    name, generation, size, kind, res, seq, params, repo = row
+    family = _FAMILY[generation]
     title = f"{_FAMILY_TITLE[family]} {size.upper()} {res} px"
     return Preset(
         name=name,
@@ -216,25 +223,26 @@ _DECODERS: dict[tuple[str, str], tuple[int | None, ...]] = {
 # fmt: on
 
 # SigLIP So400m/14 without its pooling head, identical in every preset (spec §2).
-_VISION = {
+_PATCH_SIZE = 14
+_VISION: dict[str, Any] = {
     "model_type": "siglip_vision_model",
     "hidden_size": 1152,
     "intermediate_size": 4304,
     "num_hidden_layers": 27,
     "num_attention_heads": 16,
     "num_channels": 3,
-    "patch_size": 14,
+    "patch_size": _PATCH_SIZE,
     "hidden_act": "gelu_pytorch_tanh",
     "layer_norm_eps": 1e-6,
     "vision_use_head": False,
 }
 
 
-def hf_config_for(preset: Preset | str) -> dict:
+def hf_config_for(preset: Preset | str) -> dict[str, Any]:
     """A ``config.json``-style dict (Hugging Face ``PaliGemmaConfig`` layout) for ``preset``.
 
     Lets callers build any preset's architecture without downloading it (parameter counts, full-size
-    benchmarks on random weights). Written from the spec's tables, with every field spelled out
+    benchmarks on random weights). Written from the tables above, with every field spelled out
     instead of relying on Hugging Face's class defaults. The demo preset's config is its bundled
     ``config.json``.
     """
@@ -242,14 +250,36 @@ def hf_config_for(preset: Preset | str) -> dict:
         preset = get_preset(preset)
     if preset.family == "demo":
         return _bundled_config(preset)
-
-    decoder = {
-        key: value for key, value in zip(_DECODER_FIELDS, _DECODERS[(preset.family, preset.size)]) if value is not None
-    }
+    shape = _DECODERS[(preset.family, preset.size)]
+    decoder = {key: value for key, value in zip(_DECODER_FIELDS, shape, strict=True) if value is not None}
     hidden = decoder["hidden_size"]
-    num_image_tokens = (preset.image_size // _VISION["patch_size"]) ** 2
-    text = {
-        "model_type": "gemma" if preset.family == "paligemma" else "gemma2",
+    num_image_tokens = (preset.image_size // _PATCH_SIZE) ** 2
+    vision = {
+        **_VISION,
+        "image_size": preset.image_size,
+        "num_image_tokens": num_image_tokens,
+        "projection_dim": hidden,
+    }
+    config: dict[str, Any] = {
+        "architectures": ["PaliGemmaForConditionalGeneration"],
+        "model_type": "paligemma",
+        "bos_token_id": 2,
+        "eos_token_id": 1,
+        "pad_token_id": 0,
+        "image_token_index": IMAGE_TOKEN_INDEX,
+        "projection_dim": hidden,
+        "torch_dtype": "bfloat16",
+        "text_config": _text_config(preset.family, decoder, num_image_tokens),
+        "vision_config": vision,
+    }
+    if preset.family == "paligemma":
+        config["hidden_size"] = hidden  # PaliGemma 1 files carry it; the PaliGemma 2 converter drops it
+    return config
+
+
+def _text_config(family: str, decoder: dict[str, int], num_image_tokens: int) -> dict[str, Any]:
+    text: dict[str, Any] = {
+        "model_type": "gemma" if family == "paligemma" else "gemma2",
         **decoder,
         "vocab_size": HF_VOCAB_SIZE,
         "num_image_tokens": num_image_tokens,
@@ -260,37 +290,17 @@ def hf_config_for(preset: Preset | str) -> dict:
         "tie_word_embeddings": True,
         "torch_dtype": "bfloat16",
     }
-    if preset.family == "paligemma2":
+    if family == "paligemma2":
         text.update(
             attn_logit_softcapping=50.0,
             final_logit_softcapping=30.0,
             sliding_window=4096,  # on even layers (0, 2, ...); a no-op below 4096 tokens
             cache_implementation="hybrid",
         )
-    vision = {
-        **_VISION,
-        "image_size": preset.image_size,
-        "num_image_tokens": num_image_tokens,
-        "projection_dim": hidden,
-    }
-    config = {
-        "architectures": ["PaliGemmaForConditionalGeneration"],
-        "model_type": "paligemma",
-        "bos_token_id": 2,
-        "eos_token_id": 1,
-        "pad_token_id": 0,
-        "image_token_index": IMAGE_TOKEN_INDEX,
-        "projection_dim": hidden,
-        "torch_dtype": "bfloat16",
-        "text_config": text,
-        "vision_config": vision,
-    }
-    if preset.family == "paligemma":
-        config["hidden_size"] = hidden  # PaliGemma 1 files carry it; the PaliGemma 2 converter drops it
-    return config
+    return text
 
 
-def _bundled_config(preset: Preset) -> dict:
+def _bundled_config(preset: Preset) -> dict[str, Any]:
     path = preset.bundled_dir / "config.json" if preset.bundled_dir else None
     if path is None or not path.is_file():
         raise LocalModelError(
@@ -298,4 +308,5 @@ def _bundled_config(preset: Preset) -> dict:
             "this installation does not include the demo model; reinstall pali.",
             label=preset.name,
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return config

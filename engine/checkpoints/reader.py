@@ -83,7 +83,7 @@ class TensorReader:
         for start in range(0, flat.numel(), step):
             n = min(step, flat.numel() - start)
             chunk = buf[: n * size]
-            view = memoryview(chunk.numpy())
+            view = memoryview(chunk.numpy())  # type: ignore[arg-type]  # numpy arrays are buffers
             got = 0
             while got < n * size:  # readinto may return short counts
                 read = self._file.readinto(view[got:])

@@ -173,5 +173,6 @@ def _check_tied_head(model: PaliGemmaBackbone, path: Path, ckpt_name: str) -> No
         head = f.get_tensor(ckpt_name)
     if head.shape != embed.shape or not torch.equal(head.to(device=embed.device, dtype=embed.dtype), embed):
         raise CheckpointError(
-            f"{path}: {ckpt_name} differs from the token embedding; PaliGemma ties them and untied heads are not supported"
+            f"{path}: {ckpt_name} differs from the token embedding; PaliGemma ties them and untied heads "
+            "are not supported"
         )

@@ -138,7 +138,8 @@ def random_scene(rng: random.Random) -> Scene:
     shapes = []
     for kind, x, y, size in sorted(placed, key=lambda p: KINDS.index(p[0])):
         color = rng.choice(list(COLORS))
-        rgb = tuple(min(255, max(0, c + rng.randint(-COLOR_JITTER, COLOR_JITTER))) for c in COLORS[color])
+        r, g, b = (min(255, max(0, c + rng.randint(-COLOR_JITTER, COLOR_JITTER))) for c in COLORS[color])
+        rgb = (r, g, b)
         shapes.append(Shape(kind, color, rgb, x, y, size))
     return Scene(background=rng.randint(225, 255), shapes=tuple(shapes))
 
@@ -159,7 +160,7 @@ def make_example(scene: Scene, task: str, kind: str | None = None) -> Example:
     if task == "caption":
         return Example(scene, task, caption_prompt("en"), caption(scene))
     target = scene.shape(kind) if kind else None
-    if target is None:
+    if target is None or kind is None:
         raise InputError(f"the scene has no {kind!r}; ask about one of {[s.kind for s in scene.shapes]}")
     if task == "vqa":
         return Example(scene, task, answer_prompt(color_question(kind)), target.color, target)

@@ -107,12 +107,20 @@ class PaliGemmaBackbone(nn.Module):
         not_prefix = torch.zeros_like(q_pos, dtype=torch.bool)  # a generated token is never prefix
         return self._masks(full, q_pos, key_pos, not_prefix, torch.zeros_like(key_valid))
 
-    def _masks(self, full: torch.Tensor, q_pos, k_pos, q_prefix, k_prefix) -> Masks:
+    def _masks(
+        self,
+        full: torch.Tensor,
+        q_pos: torch.Tensor,
+        k_pos: torch.Tensor,
+        q_prefix: torch.Tensor,
+        k_prefix: torch.Tensor,
+    ) -> Masks:
         """The global mask, plus the sliding layers' one when the model has any: the window rule
         (engine.model.masks.window_mask) is applied here for prefill and decode alike."""
-        if not any(layer.sliding for layer in self.language_model.layers):
+        size = self.config.text.sliding_window
+        if size is None or not any(layer.sliding for layer in self.language_model.layers):
             return Masks(full)
-        window = window_mask(q_pos, k_pos, q_prefix, k_prefix, self.config.text.sliding_window)
+        window = window_mask(q_pos, k_pos, q_prefix, k_prefix, size)
         return Masks(full, full & window)
 
     def forward(

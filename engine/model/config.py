@@ -217,7 +217,7 @@ def to_hf_config(config: PaliGemmaConfig) -> dict:
     """Inverse of from_hf_config: a config.json dict in Hugging Face's PaliGemma layout, with every
     field written out (nothing left to class defaults), for checkpoints we save ourselves."""
     t, v = config.text, config.vision
-    text = {
+    text: dict[str, Any] = {
         "model_type": t.variant,
         "vocab_size": t.vocab_size,
         "hidden_size": t.hidden_size,

@@ -36,7 +36,7 @@ import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -46,7 +46,7 @@ from engine.errors import ImageLoadError, InputError
 if TYPE_CHECKING:
     import torch
 
-ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
 RESAMPLE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -274,13 +274,16 @@ def preprocess_images(
     """
     import torch
 
+    batch: list[Any]
     if isinstance(images, np.ndarray) and images.ndim == 4:
-        images = list(images)
-    elif not isinstance(images, (list, tuple)):
-        images = [images]
-    if not images:
+        batch = list(images)
+    elif isinstance(images, (list, tuple)):
+        batch = list(images)
+    else:
+        batch = [images]
+    if not batch:
         raise InputError("preprocess_images() needs at least one image")
-    pixels = np.stack([np.asarray(resize_square(load_image(im), image_size, resample)) for im in images])
+    pixels = np.stack([np.asarray(resize_square(load_image(im), image_size, resample)) for im in batch])
     # uint8 [B, H, W, 3] -> float32 [B, 3, H, W]; x/127.5 - 1 maps 0..255 onto [-1, 1].
     chw = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
     return torch.from_numpy(chw / np.float32(127.5) - np.float32(1.0))

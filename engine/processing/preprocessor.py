@@ -127,7 +127,8 @@ class PaliGemmaCausalLMPreprocessor:
                 )
         if response_masks is not None:
             response_masks = [list(m) for m in response_masks]
-            if len(response_masks) != len(rows) or any(len(m) != len(r) for m, r in zip(response_masks, rows)):
+            lengths_differ = any(len(m) != len(r) for m, r in zip(response_masks, rows, strict=True))
+            if len(response_masks) != len(rows) or lengths_differ:
                 raise InputError("response_masks must have one mask per row, each as long as its row")
         width = sequence_length if sequence_length is not None else max(len(r) for r in rows)
 

@@ -182,8 +182,9 @@ class PaliGemmaTokenizer:
 
     # ----------------------------------------------------------------------------- text <-> ids
 
+    # A str is also a Sequence[str]; the str overload comes first, so it is the one that applies.
     @overload
-    def tokenize(self, text: str) -> list[int]: ...
+    def tokenize(self, text: str) -> list[int]: ...  # type: ignore[overload-overlap]
     @overload
     def tokenize(self, text: Sequence[str]) -> list[list[int]]: ...
 
@@ -197,6 +198,13 @@ class PaliGemmaTokenizer:
         return self._sp.encode(texts, out_type=int)
 
     __call__ = tokenize
+
+    @overload
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+    @overload
+    def detokenize(self, ids: Sequence[Sequence[int]]) -> list[str]: ...
+    @overload
+    def detokenize(self, ids: Any) -> str | list[str]: ...
 
     def detokenize(self, ids: Any) -> str | list[str]:
         """Text of a sequence of ids (list, tuple, numpy array or tensor), or a list of texts for a

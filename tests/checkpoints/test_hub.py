@@ -245,6 +245,7 @@ def test_bundled_demo_model_resolves_or_says_it_is_missing(env):
     from engine.checkpoints.presets import get_preset
 
     demo = get_preset("pali-demo-shapes")
+    assert demo.bundled_dir is not None
     if (demo.bundled_dir / "config.json").is_file():
         assert hub.resolve("pali-demo-shapes") == demo.bundled_dir
     else:
@@ -384,7 +385,7 @@ def test_404_repo_and_revision(fake_hub):
 
 
 def test_pickled_only_repo_is_refused_without_fetching_the_pickle(fake_hub):
-    files = checkpoint_files(**{"pytorch_model.bin": b"\x80\x04 pickle"})
+    files = {**checkpoint_files(), "pytorch_model.bin": b"\x80\x04 pickle"}
     del files["model.safetensors"]
     fake_hub.add_repo("someone/old-format", files)
 

@@ -1,6 +1,6 @@
-"""How the loader uses memory (engine.checkpoints.reader, engine.runtime.memory): CPU weights are read into memory of their own, large
-ones on huge pages where the kernel offers them, through one small buffer (never a second copy of a
-shard, not even as mapped file pages), casting on the way."""
+"""How the loader uses memory (engine.checkpoints.reader, engine.runtime.memory): CPU weights are
+read into memory of their own, large ones on huge pages where the kernel offers them, through one
+small buffer (never a second copy of a shard, not even as mapped file pages), casting on the way."""
 
 from __future__ import annotations
 
@@ -48,11 +48,12 @@ def _vm_flags(address: int) -> list[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_same_dtype_is_memory_mapped_and_casts_are_not(checkpoints):
     path = checkpoints.checkpoint(SPEC, dtype=torch.bfloat16)
-    in_file = lambda t: any(
-        lo <= t.data_ptr() < hi and name.endswith(".safetensors") for lo, hi, name in _file_mappings()
-    )
+
+    def in_file(t: torch.Tensor) -> bool:
+        return any(lo <= t.data_ptr() < hi and name.endswith(".safetensors") for lo, hi, name in _file_mappings())
+
     model = load_backbone(path, load_config(path), torch.bfloat16)
-    assert in_file(model.language_model.layers[0].mlp.up_proj.weight)
+    assert in_file(model.get_parameter("language_model.layers.0.mlp.up_proj.weight"))
     assert not in_file(model.language_model.norm.weight)  # kept in fp32, so cast: memory of its own
     model = load_backbone(path, load_config(path), torch.float32)
     assert not any(in_file(t) for t in model.state_dict().values())

@@ -113,7 +113,7 @@ def test_sequence_lengths_are_big_visions_for_paligemma1_and_unknown_for_paligem
 
 def test_demo_preset_ships_inside_the_engine_package():
     demo = get_preset("pali-demo-shapes")
-    assert demo.hf_repo is None and demo.package_dir
+    assert demo.hf_repo is None and demo.package_dir and demo.bundled_dir is not None
     assert demo.bundled_dir.parent == REPO_ROOT / "engine"
     assert get_preset("pali_demo_shapes") is demo
 
@@ -250,6 +250,7 @@ def test_importing_presets_and_hub_loads_neither_torch_nor_huggingface_hub():
 
 def test_demo_config_is_the_bundled_one_or_a_clear_error():
     demo = get_preset("pali-demo-shapes")
+    assert demo.bundled_dir is not None
     if (demo.bundled_dir / "config.json").is_file():
         config = hf_config_for(demo)
         assert config["vision_config"].get("image_size", 224) == demo.image_size
@@ -260,4 +261,4 @@ def test_demo_config_is_the_bundled_one_or_a_clear_error():
 
 def test_repo_names_are_valid_hub_ids():
     for preset in hub_presets():
-        assert re.fullmatch(r"google/[a-z0-9.-]+", preset.hf_repo)
+        assert preset.hf_repo is not None and re.fullmatch(r"google/[a-z0-9.-]+", preset.hf_repo)

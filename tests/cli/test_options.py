@@ -39,7 +39,9 @@ def image(tmp_path) -> str:
 
 
 def test_version_matches_pyproject(run):
-    declared = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    found = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.M)
+    assert found is not None
+    declared = found.group(1)
     result = run("--version")
     assert result.exit_code == 0
     assert result.stdout.strip() == f"pali {declared}"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pali_cli.errors import CliError
-from pali_cli.records import Record, ResultsFile, make_key
+from pali_cli.records import Record, ResultsFile, TextStream, make_key
 
 
 def rec(image: str, text: str | None = "a cat", error: str | None = None, **kw) -> Record:
@@ -119,3 +119,10 @@ def test_an_unwritable_output_is_one_clear_error(tmp_path, warnings):
     out = ResultsFile(tmp_path / "file" / "out.jsonl", warnings.append)
     with pytest.raises(CliError, match="cannot write .*out.jsonl"):
         out.write(rec("a.jpg"))
+
+
+def test_text_stream_prints_nothing_when_the_task_has_nothing_to_show(capsys):
+    stream = TextStream(lambda record: None)  # e.g. detect found no object
+    stream.write(rec("a.jpg"))
+    TextStream(lambda record: record.text).write(rec("b.jpg", text="a dog"))
+    assert capsys.readouterr().out == "a dog\n"

@@ -74,7 +74,8 @@ def hf_config(spec: TinySpec):
         patch_size=spec.patch,
         vision_use_head=False,
     )
-    return PaliGemmaConfig(
+    # The special-token ids reach PaliGemmaConfig through **kwargs, which its stubs do not declare.
+    return PaliGemmaConfig(  # type: ignore[call-arg]
         text_config=text,
         vision_config=vision,
         image_token_index=IMAGE_TOKEN_ID,

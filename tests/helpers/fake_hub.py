@@ -238,6 +238,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         # -- answers -------------------------------------------------------------------------
 
         def _api(self, repo_id: str, what: str, snapshot: _Snapshot, repo: _Repo) -> None:
+            body: object
             if what == "revision":
                 body = {
                     "id": repo_id,
@@ -277,6 +278,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             status = 200
             if (wanted := self.headers.get("Range")) and not head:
                 match = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted)
+                assert match is not None, wanted
                 total, start = len(data), int(match[1])
                 end = min(int(match[2]), total - 1) if match[2] else total - 1
                 if start >= total:

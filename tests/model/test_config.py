@@ -87,7 +87,7 @@ def test_window_policy_chooses_sliding_layers():
     trans = from_hf_config(raw, window_policy="transformers").text
     assert [trans.is_sliding_layer(i) for i in range(4)] == [True, False, True, False]
     with pytest.raises(InputError):  # an argument of ours, not a fault of the file
-        from_hf_config(raw, window_policy="keras")
+        from_hf_config(raw, window_policy="keras")  # type: ignore[arg-type]  # on purpose
 
 
 def test_configs_are_frozen():

@@ -271,7 +271,7 @@ def test_bad_numpy_arrays(array, match) -> None:
 
 def test_unsupported_type() -> None:
     with pytest.raises(ImageLoadError, match="list"):
-        load_image([[1, 2, 3]])
+        load_image([[1, 2, 3]])  # type: ignore[arg-type]  # on purpose
 
 
 # ----------------------------------------------------------------------------- broken files

@@ -144,10 +144,10 @@ def test_pack_right_pads_to_the_longest_row(pre) -> None:
 
 
 def test_pack_to_a_fixed_length_with_response_masks(pre) -> None:
-    rows, masks = zip(*(pre.encode_example("caption en", s) for s in ["red", "a blue square"]))
+    rows, masks = zip(*(pre.encode_example("caption en", s) for s in ["red", "a blue square"]), strict=True)
     out = pre.pack(list(rows), sequence_length=20, response_masks=list(masks))
     assert out["token_ids"].shape == (2, 20)
-    for i, (row, mask) in enumerate(zip(rows, masks)):
+    for i, (row, mask) in enumerate(zip(rows, masks, strict=True)):
         n = len(row)
         assert out["token_ids"][i, :n].tolist() == row and out["token_ids"][i, n:].eq(0).all()
         assert out["padding_mask"][i].tolist() == [True] * n + [False] * (20 - n)
