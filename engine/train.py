@@ -1,12 +1,13 @@
 """Training and fine-tuning PaliGemma: big_vision's objective in a plain PyTorch loop.
 
-Objective (spec §7.1, §8.2). A training row is ``[image][BOS prefix "\\n"][suffix EOS]``. Image and
-prefix form the bidirectional prefix; the suffix and its EOS are causal (``response_mask``), and
-only they are trained: position t is scored on predicting token t + 1 exactly when t + 1 is a
-response token, so the last prefix position ("\\n") predicts the first answer token and nothing
-ever predicts a prompt token. Token losses are averaged within each example, then over the batch,
-so a one-word answer weighs as much as a long caption. Logits are computed only at the scored
-positions: with a 257k vocabulary the full logits would dominate memory.
+Objective (big_vision models/proj/paligemma/paligemma.py make_attn_mask,
+configs/proj/paligemma/transfers/common.py). A training row is ``[image][BOS prefix "\\n"][suffix
+EOS]``. Image and prefix form the bidirectional prefix; the suffix and its EOS are causal
+(``response_mask``), and only they are trained: position t is scored on predicting token t + 1
+exactly when t + 1 is a response token, so the last prefix position ("\\n") predicts the first
+answer token and nothing ever predicts a prompt token. Token losses are averaged within each
+example, then over the batch, so a one-word answer weighs as much as a long caption. Logits are
+computed only at the scored positions: with a 257k vocabulary the full logits would dominate memory.
 
 Loop: AdamW (weight decay on matrices only), linear warmup then cosine decay (or constant),
 gradient-norm clipping, float32 or bfloat16 autocast, and checkpoints written in the hub layout

@@ -7,8 +7,10 @@ aliases. Each row points at the Hugging Face repository that holds the same weig
 This module must stay import-light (no torch, no huggingface_hub): the CLI imports it to list presets
 and to complete names on the command line.
 
-Sources: PALIGEMMA_SPEC.md §4 (decoder sizes), §9 (hub repositories, config.json fields), §10
-(keras-hub preset names, parameter counts, text sequence lengths).
+Sources: big_vision models/ppp/gemma.py and transformers' convert_paligemma{,2}_weights_to_hf.py
+(decoder sizes, config.json fields), the Hugging Face model pages (repositories, branches), keras-hub
+src/models/pali_gemma/pali_gemma_presets.py (preset names, parameter counts) and the big_vision
+PaliGemma README (text sequence lengths).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ __all__ = [
 
 DEFAULT_PRESET = "pali_gemma2_mix_3b_224"
 
-# SentencePiece vocabulary (256000 Gemma + 1024 <loc> + 128 <seg>); Hugging Face adds "<image>" as the
-# next id and pads the embedding matrix to a multiple of 64 (spec §4.3).
+# SentencePiece vocabulary (256000 Gemma + 1024 <loc> + 128 <seg>); Hugging Face adds "<image>" as the next id
+# and pads the embedding matrix to a multiple of 64 (big_vision README "Tokenizer"; transformers'
+# image_token_index).
 IMAGE_TOKEN_INDEX = 257152
 HF_VOCAB_SIZE = 257216
 
@@ -70,8 +73,9 @@ class Preset:
         return _PACKAGE_ROOT / self.package_dir if self.package_dir else None
 
 
-# PaliGemma 1 repos keep float32 weights on main (11 GB); the bfloat16 branch holds the same model at
-# half the size, and bf16 is what we run (spec §9.1). PaliGemma 2 main is already bfloat16.
+# PaliGemma 1 repos keep float32 weights on main (11 GB); the bfloat16 branch holds the same model at half the
+# size, and bf16 is what we run (big_vision README: "reference float32 checkpoint (11GB)... bfloat16 and
+# float16 variants"). PaliGemma 2 main is already bfloat16.
 _PG1_REVISION = "bfloat16"
 
 _Row = tuple[str, int, str, str, int, int | None, int, str]
@@ -97,7 +101,7 @@ _TABLE: tuple[_Row, ...] = (
     ("pali_gemma2_pt_10b_448",       2, "10b", "pt",  448, None, 9_663_294_192,  "google/paligemma2-10b-pt-448"),
     ("pali_gemma2_pt_10b_896",       2, "10b", "pt",  896, None, 9_666_833_136,  "google/paligemma2-10b-pt-896"),
     ("pali_gemma2_pt_28b_224",       2, "28b", "pt",  224, None, 27_650_192_112, "google/paligemma2-28b-pt-224"),
-    # keras-hub's metadata repeats the 224 count for 28B 448/896; these are the recomputed values (§10.1).
+    # keras-hub's metadata repeats the 224 count for 28B 448/896; these are recomputed from the architecture.
     ("pali_gemma2_pt_28b_448",       2, "28b", "pt",  448, None, 27_651_076_848, "google/paligemma2-28b-pt-448"),
     ("pali_gemma2_pt_28b_896",       2, "28b", "pt",  896, None, 27_654_615_792, "google/paligemma2-28b-pt-896"),
     ("pali_gemma_2_ft_docci_3b_448", 2, "3b",  "ft",  448, None, 3_032_979_696,  "google/paligemma2-3b-ft-docci-448"),
@@ -201,8 +205,9 @@ def _close_matches(name: str) -> list[str]:
     return canonical[:3]
 
 
-# Decoder shapes per (family, size), spec §4.1 and §4.2. query_pre_attn_scalar is Gemma 2's query
-# scale denominator: head_dim, except 28B where big_vision scales by hidden / heads = 144.
+# Decoder shapes per (family, size): big_vision gemma_2b / gemma2_{2b,9b,27b}, transformers' VARIANT_CONFIGS.
+# query_pre_attn_scalar is Gemma 2's query scale denominator: head_dim, except 28B where big_vision scales by
+# hidden / heads = 144.
 _DECODER_FIELDS = (
     "num_hidden_layers",
     "hidden_size",
@@ -222,7 +227,7 @@ _DECODERS: dict[tuple[str, str], tuple[int | None, ...]] = {
 }
 # fmt: on
 
-# SigLIP So400m/14 without its pooling head, identical in every preset (spec §2).
+# SigLIP So400m/14 without its pooling head, identical in every preset (big_vision models/vit.py "So400m").
 _PATCH_SIZE = 14
 _VISION: dict[str, Any] = {
     "model_type": "siglip_vision_model",

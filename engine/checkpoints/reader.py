@@ -2,9 +2,9 @@
 
 :class:`TensorReader` copies a tensor's bytes through one small reused buffer, casting on the way:
 a load never holds a second copy of a shard (not even as mapped file pages, which count in RSS
-until unmapped) and never faults in fresh memory for the source (a fp32 load of a bf16 3B
-checkpoint: 8-17 s, against 13-18 s through safetensors' sliced reads; page faults in a VM vary
-from run to run). Where the bytes land is engine.runtime.memory's business.
+until unmapped) and never faults in fresh memory for the source, which also makes it faster than
+safetensors' sliced reads (benchmarks/RESULTS.md). Where the bytes land is engine.runtime.memory's
+business.
 """
 
 from __future__ import annotations

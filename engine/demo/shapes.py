@@ -13,7 +13,7 @@ Three kinds of examples, all with the prompts engine.processing.tasks builds (so
     detect square                        -> <loc0208><loc0456><loc0536><loc0784> square
 
 Captions list the shapes in a fixed order (circle, square, triangle) so each scene has exactly one
-right caption. Boxes are ``y_min, x_min, y_max, x_max`` (PaliGemma's order, spec §12.1) and tight
+right caption. Boxes are ``y_min, x_min, y_max, x_max`` (PaliGemma's order: big_vision refcoco_mask2str) and tight
 around the drawn shape. Everything is a pure function of a ``random.Random``: the same seed gives
 the same scenes, images and texts on every machine.
 

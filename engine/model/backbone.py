@@ -1,6 +1,7 @@
 """PaliGemmaBackbone: vision tower -> linear projector -> Gemma decoder, as one prefix-LM.
 
-Sequence layout fed to the decoder (spec §6): ``[image tokens][text tokens]``; image features are
+Sequence layout fed to the decoder (big_vision models/proj/paligemma/paligemma.py; transformers
+modeling_paligemma.py builds the same with <image> placeholders): ``[image tokens][text tokens]``; image features are
 projected but never scaled, text embeddings are scaled by sqrt(H). Positions count real tokens
 only (0-based, image tokens first), so any padding layout gives the same numbers.
 """
@@ -17,6 +18,8 @@ from engine.model.text import Decoder, Masks
 from engine.model.vision import VisionTower
 
 
+# Over 50 lines only because of keras-hub's 21-keyword signature, kept whole so that its argument
+# names and defaults read side by side with keras-hub's PaliGemmaBackbone.
 def _config_from_keras_kwargs(
     vocabulary_size: int = 257152,
     image_size: int = 224,

@@ -2,8 +2,10 @@
 
 Serialized Hugging Face configs omit every value equal to the class default (``head_dim``,
 ``rope_theta``, ``image_size``...), and those class defaults are *not* PaliGemma's values for several
-fields (spec §9.3, pitfall 24). So every field here has an explicit PaliGemma default, and the
-decoder variant is read from ``text_config.model_type`` -- never guessed (pitfall 19).
+fields (transformers' SiglipVisionConfig defaults to patch 16 and width 768, PaliGemmaConfig to
+image_token_index 256000). So every field here has an explicit PaliGemma default, and the decoder
+variant is read from ``text_config.model_type`` -- never guessed: a PaliGemma 2 checkpoint run as
+Gemma 1 repeats one token forever (hkproj/pytorch-paligemma issue #6).
 """
 
 from __future__ import annotations
@@ -99,9 +101,10 @@ class PaliGemmaConfig:
         return self.vision.image_size
 
 
-# Values Gemma 2 configs omit when they equal transformers' Gemma2Config defaults (spec §9.3).
+# Values Gemma 2 configs omit when they equal transformers' Gemma2Config defaults (configuration_gemma2.py).
 _GEMMA2_DEFAULTS = dict(attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096)
-_GEMMA2_28B_HIDDEN = 4608  # the one variant whose query scale is not head_dim**-0.5 (spec §4.2)
+_GEMMA2_28B_HIDDEN = 4608  # the one variant whose query scale is not head_dim**-0.5 (big_vision
+# models/ppp/gemma.py "rsqrt_emb_per_head"; transformers' convert_paligemma2_weights_to_hf.py: 4608 // 32)
 
 
 def _rope_theta(text: dict) -> float:
@@ -213,6 +216,7 @@ def load_config(checkpoint_dir: str | Path, window_policy: WindowPolicy = "none"
         raise CheckpointError(f"{path}: bad value ({e})") from None
 
 
+# Over 50 lines only because it is one literal dict: it reads as the config.json it writes.
 def to_hf_config(config: PaliGemmaConfig) -> dict:
     """Inverse of from_hf_config: a config.json dict in Hugging Face's PaliGemma layout, with every
     field written out (nothing left to class defaults), for checkpoints we save ourselves."""

@@ -4,7 +4,8 @@
 only PIL and numpy, so the CLI can validate inputs without importing torch. ``preprocess_images``
 turns a batch into the model's input, ``float32[B, 3, R, R]`` in [-1, 1]; torch is imported inside it.
 
-Pixel pipeline (spec §8.1): RGB uint8 -> squash-resize to R x R (no crop, no aspect-ratio padding:
+Pixel pipeline (big_vision pp/ops_image.py and value_range(-1, 1); transformers
+SiglipImageProcessor): RGB uint8 -> squash-resize to R x R (no crop, no aspect-ratio padding:
 PaliGemma was trained on squashed images) -> uint8 -> ``x / 127.5 - 1`` -> NCHW.
 
 Resize filter. The checkpoints were trained in big_vision with ``tf.image.resize(method="bilinear",

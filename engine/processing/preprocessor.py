@@ -1,6 +1,6 @@
 """PaliGemma's prompt format: the one module that knows how text and images become model inputs.
 
-Text layout (big_vision, spec §8.2), image tokens excluded (the model prepends them):
+Text layout (big_vision configs/proj/paligemma/transfers/common.py), image tokens excluded (the model prepends them):
 
     prompt:   [BOS] + tok(prefix) + [NL]                  <- the "prefix", attended bidirectionally
     training: [BOS] + tok(prefix) + [NL] + tok(suffix) + [EOS]
@@ -10,7 +10,7 @@ Text layout (big_vision, spec §8.2), image tokens excluded (the model prepends 
 end prompts with ``"\\n"``; users coming from transformers do not (its processor appends one). Both
 are accepted: one trailing ``"\\n"`` is removed before the separator is added, so the result has
 exactly one BOS and one separator either way (adding a second one, ``"\\n\\n"``, degrades output:
-spec §13 item 7).
+vLLM PR #13584 "need newline at prompt").
 
 Batches are right-padded with the pad id 0 (KerasHub's convention); ``padding_mask`` marks real
 tokens. Whether the model then left-aligns prompts is the generation loop's business.

@@ -1,6 +1,7 @@
 """PaliGemma task prompts and the parsing of their structured outputs (pure text, no torch).
 
-Prompt syntax (spec §8.5): ``"caption {lang}\\n"``, ``"answer {lang} {question}\\n"``,
+Prompt syntax (ai.google.dev "PaliGemma prompt and system instructions"; big_vision transfer
+configs): ``"caption {lang}\\n"``, ``"answer {lang} {question}\\n"``,
 ``"detect {object} ; {object}\\n"``, ``"segment {object}\\n"``, ``"ocr\\n"``. The trailing newline
 is the prompt/answer separator; the preprocessor accepts prompts with or without it, the builders
 here always add it so a prompt reads the same wherever it is printed.
@@ -9,10 +10,11 @@ A newline inside a prompt would end the prefix early and ``;`` separates detecti
 user text is normalised before it goes in: whitespace runs (newlines included) collapse to one
 space, and object names lose any ``;``.
 
-Detection output (spec §12.1) is ``<locY1><locX1><locY2><locX2> label`` repeated and joined by
-``" ; "``: four 0..1023 bins per box, in the order y_min, x_min, y_max, x_max, as fractions
-``bin / 1024`` of the image the model saw. That image is the whole picture squashed to a square,
-so the fractions map straight onto the original width and height.
+Detection output (big_vision refcoco_mask2str; transformers' PaliGemma integration tests) is
+``<locY1><locX1><locY2><locX2> label`` repeated and joined by ``" ; "``: four 0..1023 bins per box,
+in the order y_min, x_min, y_max, x_max, as fractions ``bin / 1024`` of the image the model saw.
+That image is the whole picture squashed to a square, so the fractions map straight onto the
+original width and height.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from dataclasses import dataclass
 
 from engine.errors import InputError
 
-LOC_BINS = 1024  # <loc0000> .. <loc1023>; bin / 1024 is the common convention (spec §12.1)
+# <loc0000> .. <loc1023>; bin / 1024 is the common convention (Google's Keras tutorial, the
+# big-vision/paligemma-hf space)
+LOC_BINS = 1024
 
 # Four loc tokens, optionally 16 seg tokens (segmentation), then an optional label up to the next
 # ";" or token. Applied repeatedly over the whole text, so junk between instances is skipped.

@@ -24,8 +24,9 @@ import sentencepiece as spm
 
 from engine.errors import CheckpointError, InputError
 
-# PaliGemma's special-token convention (spec §8.6). Checkpoints were trained with these ids, so a
-# tokenizer.model that disagrees is the wrong file, not a variant to adapt to.
+# PaliGemma's special-token convention (transformers' convert_paligemma_weights_to_hf.py, Gemma's vocabulary).
+# Checkpoints were trained with these ids, so a tokenizer.model that disagrees is the wrong file, not a
+# variant to adapt to.
 _EXPECTED_SPECIAL_IDS = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
 _CONVENTIONAL_PIECES = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>"}
 NUM_LOC_TOKENS = 1024

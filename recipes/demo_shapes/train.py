@@ -155,7 +155,7 @@ def _stage2_reporter(name: str) -> Callable[[StepReport], None]:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the pali-demo-shapes model from scratch.")
     parser.add_argument("--out", type=Path, default=DEMO_DIR, help="checkpoint directory (default: the package's)")
     parser.add_argument("--vision-steps", type=int, default=2500, help="stage 1: vision tower alone")
@@ -167,13 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--final-learning-rate", type=float, default=3e-4, help="stage 3")
     parser.add_argument("--polish-learning-rate", type=float, default=1e-4, help="stage 4")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
+    return parser
 
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    lm = build(args.out / "tokenizer.model", INIT_SEED)
-    n_params = sum(p.numel() for p in lm.backbone.parameters())
-    lr, bs = args.learning_rate, args.batch_size
+
+def _stages(args: argparse.Namespace) -> tuple[TrainConfig, TrainConfig, TrainConfig, TrainConfig]:
+    """The shared settings, then stages 2, 3 and 4 (the last one run writes the checkpoint)."""
+    lr = args.learning_rate
     common = TrainConfig(weight_decay=0.01, schedule="cosine", max_grad_norm=1.0, precision="float32", batch_size=None)
     stage2 = replace(common, learning_rate=lr, warmup_steps=200, freeze=("vision_tower",))
     last = "polish" if args.polish_steps else "all"  # the last stage writes the checkpoint
@@ -184,6 +183,17 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint_dir=args.out if last == "all" else None,
     )
     stage4 = replace(common, learning_rate=args.polish_learning_rate, warmup_steps=50, checkpoint_dir=args.out)
+    return common, stage2, stage3, stage4
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    lm = build(args.out / "tokenizer.model", INIT_SEED)
+    n_params = sum(p.numel() for p in lm.backbone.parameters())
+    lr, bs = args.learning_rate, args.batch_size
+    common, stage2, stage3, stage4 = _stages(args)
     print(
         f"pali-demo-shapes: {n_params / 1e6:.2f} M parameters, {lm.backbone.num_image_tokens} image tokens, "
         f"vocabulary {lm.preprocessor.tokenizer.vocabulary_size}, sizes {DEMO_SIZES}"

@@ -3,7 +3,7 @@
 Each checkpoint is a directory in Hugging Face layout (config.json, safetensors, tokenizer.model)
 written by ``save_pretrained``, optionally renamed to the tensor naming of the released hub files or
 to transformers' in-memory naming, or re-sharded, so the loader is exercised on every layout it
-meets in the wild (spec §9.4).
+meets in the wild (transformers' conversion scripts write the Hub naming).
 """
 
 from __future__ import annotations
