@@ -19,7 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.checkpoints import hub
+from engine.checkpoints.specs import parse_spec
 from engine.checkpoints.weights import load_backbone
+from engine.errors import InputError
 from engine.generate import generate_tokens
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import WindowPolicy, load_config
@@ -27,7 +30,7 @@ from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
 from engine.processing.tokenizer import PaliGemmaTokenizer
 from engine.runtime.devices import resolve_device, resolve_dtype
 from engine.runtime.optimize import optimize
-from engine.samplers import GreedySampler, get_sampler, make_generator
+from engine.samplers import GreedySampler, Sampler, get_sampler, make_generator
 
 DEFAULT_SEQUENCE_LENGTH = 1024  # keras-hub's preprocessor default
 
@@ -39,27 +42,11 @@ class Completion:
     finish_reason: str  # "stop" (a stop id was produced) or "length" (the budget ran out)
 
 
-def resolve_checkpoint(preset: str | Path, cache_dir=None, allow_download: bool = True):
-    """A local HF-layout directory, or a preset name / hf:// spec resolved (and downloaded) by engine.checkpoints.hub.
-    Returns (directory, Preset or None)."""
-    path = Path(preset).expanduser()
-    if path.is_dir():
-        return path, None
-    from engine.checkpoints import hub, presets
-
-    directory = hub.resolve(str(preset), cache_dir=cache_dir, allow_download=allow_download)
-    try:
-        info = presets.get_preset(str(preset))
-    except presets.UnknownPresetError:
-        info = None
-    return Path(directory), info
-
-
 class PaliGemmaCausalLM:
     def __init__(self, backbone: PaliGemmaBackbone, preprocessor: PaliGemmaCausalLMPreprocessor | None = None):
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.sampler = GreedySampler()
+        self.sampler: Sampler = GreedySampler()
         self.preset: str | None = None
         self.dtype_reason = "requested"
 
@@ -81,15 +68,16 @@ class PaliGemmaCausalLM:
         in Hugging Face layout. ``preprocessor=None`` skips the tokenizer (token-id API only).
         ``sliding_window``: "none" (as the models were trained) or "transformers" (its Gemma 2 window).
         ``quantize="int8"``: int8 weights (engine.runtime.quantize), cached under ``cache_dir`` after the first load."""
-        directory, info = resolve_checkpoint(preset, cache_dir, allow_download)
+        spec = parse_spec(preset)
+        directory = hub.resolve(spec, cache_dir, allow_download=allow_download)
+        info = spec.preset
         config = load_config(directory, window_policy=sliding_window)
         torch_device = resolve_device(device)
         torch_dtype, reason = resolve_dtype(dtype, torch_device)
         if quantize:
-            from engine.checkpoints.hub import default_cache_dir
             from engine.checkpoints.quantized_cache import load_quantized_backbone
 
-            cache_root = default_cache_dir(cache_dir)
+            cache_root = hub.default_cache_dir(cache_dir)
             backbone = load_quantized_backbone(directory, config, quantize, torch_dtype, torch_device, cache_root)
         else:
             backbone = load_backbone(directory, config, torch_dtype, torch_device)
@@ -101,7 +89,7 @@ class PaliGemmaCausalLM:
             )
             pre = PaliGemmaCausalLMPreprocessor(PaliGemmaTokenizer.from_preset(directory), config.image_size, length)
         lm = cls(backbone, pre)
-        lm.preset = info.name if info else str(preset)
+        lm.preset = spec.label
         lm.dtype_reason = reason
         return lm
 
@@ -144,7 +132,7 @@ class PaliGemmaCausalLM:
             stop_ids,
             vocab_limit=vocab,
         )
-        for i, tokens in zip(live, new):
+        for i, tokens in zip(live, new, strict=True):
             out[i] = tokens
         return out
 
@@ -165,7 +153,7 @@ class PaliGemmaCausalLM:
 
     def _require_preprocessor(self) -> PaliGemmaCausalLMPreprocessor:
         if self.preprocessor is None:
-            raise ValueError(
+            raise InputError(
                 "this model was loaded with preprocessor=None: pass token_ids and padding_mask, "
                 "or load it with a preprocessor to use text prompts"
             )
@@ -181,9 +169,9 @@ class PaliGemmaCausalLM:
         """One Completion per (image, prompt) pair, generated as one batch."""
         pre = self._require_preprocessor()
         if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; pass one image per prompt")
+            raise InputError(f"got {len(images)} images for {len(prompts)} prompts; pass one image per prompt")
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         stop_ids = self._stop_ids(stop_token_ids)
         rows = [pre.encode_prompt(p) for p in prompts]
         new = self._generate_ids(self._pixel_values(list(images)), rows, [max_new_tokens] * len(rows), stop_ids)
@@ -209,7 +197,7 @@ class PaliGemmaCausalLM:
         pre = self._require_preprocessor()
         prompts = inputs.get("text", inputs.get("prompts"))
         if prompts is None:
-            raise ValueError('generate() needs the prompt under "text" (or "prompts")')
+            raise InputError('generate() needs the prompt under "text" (or "prompts")')
         single = isinstance(prompts, str)
         prompt_list = [prompts] if single else list(prompts)
         images = inputs.get("images")
@@ -219,18 +207,18 @@ class PaliGemmaCausalLM:
         if pixel_values.shape[0] == 1 and len(prompt_list) > 1:
             pixel_values = pixel_values.expand(len(prompt_list), -1, -1, -1)
         if pixel_values.shape[0] != len(prompt_list):
-            raise ValueError(
+            raise InputError(
                 f"got {pixel_values.shape[0]} images for {len(prompt_list)} prompts; pass one image per prompt"
             )
         max_length = max_length or pre.sequence_length
         rows = [pre.encode_prompt(p) for p in prompt_list]
-        for p, ids in zip(prompt_list, rows):
+        for p, ids in zip(prompt_list, rows, strict=True):
             if len(ids) > max_length:
-                raise ValueError(f"prompt {p!r} is {len(ids)} tokens, more than max_length={max_length}")
+                raise InputError(f"prompt {p!r} is {len(ids)} tokens, more than max_length={max_length}")
         stop_ids = self._stop_ids(stop_token_ids)
         new = self._generate_ids(pixel_values, rows, [max_length - len(r) for r in rows], stop_ids)
         texts = []
-        for ids, tokens in zip(rows, new):
+        for ids, tokens in zip(rows, new, strict=True):
             if tokens and tokens[-1] in stop_ids:
                 tokens = tokens[:-1]
             texts.append(pre.tokenizer.detokenize(tokens if strip_prompt else ids + tokens))
@@ -253,7 +241,7 @@ class PaliGemmaCausalLM:
         new = self._generate_ids(pixel_values, rows, [t - len(r) for r in rows], stop_ids)
         out_ids = torch.full((b, t), self.backbone.config.pad_token_id, dtype=torch.long)
         out_mask = torch.zeros(b, t, dtype=torch.bool)
-        for i, (prompt, tokens) in enumerate(zip(rows, new)):
+        for i, (prompt, tokens) in enumerate(zip(rows, new, strict=True)):
             row = prompt + tokens  # a stop token stays in the mask, as in keras-hub; nothing after it
             out_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             out_mask[i, : len(row)] = True

@@ -15,7 +15,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from pali_cli.errors import ExitCode, Interrupted, PaliError, UsageProblem
+from engine import PaliError
+from pali_cli.errors import CliError, ExitCode, Interrupted, UsageProblem, exit_code_for, hint_for
 from pali_cli.options import Images, Lang, RunOptions, run_options
 from pali_cli.presets_cmd import download_command, presets_app
 
@@ -39,18 +40,20 @@ EPILOG = f"""[bold]Examples:[/bold]
 
 {EXIT_CODES}
 
-[bold]Environment:[/bold] PALI_PRESET, PALI_DEVICE, PALI_QUANTIZE, PALI_CACHE_DIR; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE for downloads; NO_COLOR; PALI_DEBUG=1 shows tracebacks."""
+[bold]Environment:[/bold] PALI_PRESET, PALI_DEVICE, PALI_QUANTIZE, PALI_CACHE_DIR; HF_TOKEN, HF_ENDPOINT, \
+HF_HUB_OFFLINE for downloads; NO_COLOR; PALI_DEBUG=1 shows tracebacks."""
 
 
 class PaliGroup(TyperGroup):
-    """Turns errors into one stderr line and an exit code, for every subcommand."""
+    """Turns errors into one stderr line and an exit code, for every subcommand (pali_cli.errors
+    holds the table of exit codes)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except PaliError as e:
             _report(e)
-            raise typer.Exit(int(e.exit_code)) from None
+            raise typer.Exit(int(exit_code_for(e))) from None
         except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt, BrokenPipeError):
             raise  # click's own handling: usage errors (2), Ctrl-C (130), closed pipes
         except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
@@ -58,7 +61,7 @@ class PaliGroup(TyperGroup):
             if debug:
                 traceback.print_exc()
             hint = "Please report it." if debug else "Set PALI_DEBUG=1 to see the traceback, and please report it."
-            _report(PaliError(f"unexpected {type(e).__name__}: {e}", hint=hint))
+            _report(CliError(f"unexpected {type(e).__name__}: {e}", hint=hint))
             raise typer.Exit(int(ExitCode.FAILURE)) from None
 
 
@@ -66,12 +69,13 @@ def _report(error: PaliError) -> None:
     from pali_cli.console import Reporter
 
     reporter = Reporter()
+    message, hint = str(error), hint_for(error)
     if isinstance(error, Interrupted):
-        reporter.console.print(f"pali: {error.message}", markup=False, highlight=False)
-        if error.hint:
-            reporter.console.print(error.hint, markup=False, highlight=False)
+        reporter.console.print(f"pali: {message}", markup=False, highlight=False)
+        if hint:
+            reporter.console.print(hint, markup=False, highlight=False)
     else:
-        reporter.error(error.message, error.hint)
+        reporter.error(message, hint)
 
 
 def _version(value: bool) -> None:

@@ -1,8 +1,9 @@
 """What each generation command asks the model, and how its answer is shown.
 
-A ``Job`` is the command-specific part of a run: the prompt (built by ``engine.processing.tasks``), the
-default token budget, extra record fields parsed from the output, and the plain-text rendering
-used when one image is printed to a terminal.
+A ``Job`` is the command-specific part of a run: the prompt (built by ``engine.processing.tasks``,
+whose InputError for an empty question or object list exits with the usage code), the default
+token budget, extra record fields parsed from the output, and the plain-text rendering used when
+one image is printed to a terminal.
 """
 
 from __future__ import annotations
@@ -39,23 +40,16 @@ class Job:
         return self.prompt.rstrip("\n")
 
 
-def _build(builder: Callable[..., str], *args: Any) -> str:
-    try:
-        return builder(*args)
-    except ValueError as e:  # empty question, language with spaces, no object names
-        raise UsageProblem(str(e)) from None
-
-
 def caption_job(lang: str) -> Job:
     from engine.processing.tasks import caption_prompt
 
-    return Job("caption", _build(caption_prompt, lang))
+    return Job("caption", caption_prompt(lang))
 
 
 def answer_job(question: str, lang: str) -> Job:
     from engine.processing.tasks import answer_prompt
 
-    return Job("answer", _build(answer_prompt, question, lang), max_tokens=128)
+    return Job("answer", answer_prompt(question, lang), max_tokens=128)
 
 
 def ocr_job() -> Job:
@@ -97,7 +91,7 @@ def detect_job(objects: str) -> Job:
 
     return Job(
         "detect",
-        _build(detect_prompt, objects),
+        detect_prompt(objects),
         max_tokens=256,
         extras=_detection_extras,
         render=_render_detections,

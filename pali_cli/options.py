@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from engine.sampler_config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, SamplerConfig
 from pali_cli.errors import UsageProblem
 from pali_cli.sidecar import OnExisting
 
@@ -206,36 +207,34 @@ SamplerOpt = Annotated[
         rich_help_panel=GENERATION,
     ),
 ]
+# The defaults are the engine's (engine.sampler_config), shown here and applied by it.
 Temperature = Annotated[
     float | None,
-    typer.Option("--temperature", help="Sampling temperature (> 0).  \\[default: 1.0]", rich_help_panel=GENERATION),
+    typer.Option(
+        "--temperature",
+        help=f"Sampling temperature (> 0).  \\[default: {DEFAULT_TEMPERATURE}]",
+        rich_help_panel=GENERATION,
+    ),
 ]
 TopK = Annotated[
     int | None,
     typer.Option(
-        "--top-k", min=1, help="Sample among the k likeliest tokens.  \\[default: 50]", rich_help_panel=GENERATION
+        "--top-k",
+        min=1,
+        help=f"Sample among the k likeliest tokens.  \\[default: {DEFAULT_TOP_K}]",
+        rich_help_panel=GENERATION,
     ),
 ]
 TopP = Annotated[
     float | None,
     typer.Option(
         "--top-p",
-        help="Sample from the smallest set of tokens with this total probability (0 < p <= 1).  \\[default: 0.9]",
+        help="Sample from the smallest set of tokens with this total probability (0 < p <= 1)."
+        f"  \\[default: {DEFAULT_TOP_P}]",
         rich_help_panel=GENERATION,
     ),
 ]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.", rich_help_panel=GENERATION)]
-
-
-@dataclass(frozen=True)
-class SamplerChoice:
-    """The decoding strategy after defaults and implications are applied."""
-
-    name: Sampler
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 0.9
-    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -289,7 +288,8 @@ class RunOptions:
                 raise UsageProblem(f"{', '.join(given)} only shape sidecar files; add --sidecar")
         if self.temperature is not None and not self.temperature > 0:
             raise UsageProblem(
-                f"--temperature must be greater than 0, got {self.temperature:g}; use --sampler greedy for deterministic output"
+                f"--temperature must be greater than 0, got {self.temperature:g}; "
+                "use --sampler greedy for deterministic output"
             )
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageProblem(f"--top-p must be in (0, 1], got {self.top_p:g}")
@@ -304,9 +304,11 @@ class RunOptions:
                     f"{', '.join(given)} only apply to sampling; drop them or pick --sampler top-k, top-p or random"
                 )
 
-    def sampler_choice(self) -> SamplerChoice:
-        """Explicit ``--sampler`` wins; otherwise ``--top-p`` implies top-p, ``--top-k`` top-k and a
-        lone ``--temperature`` plain random sampling; with none of them, greedy."""
+    def sampler_config(self) -> SamplerConfig:
+        """The engine's sampler configuration, filled from the options. Explicit ``--sampler``
+        wins; otherwise ``--top-p`` implies top-p, ``--top-k`` top-k and a lone ``--temperature``
+        plain random sampling; with none of them, greedy. Options not given keep the engine's
+        defaults."""
         name = self.sampler
         if name is None:
             if self.top_p is not None:
@@ -317,12 +319,11 @@ class RunOptions:
                 name = Sampler.random
             else:
                 name = Sampler.greedy
-        base = SamplerChoice(name)
-        return SamplerChoice(
-            name=name,
-            temperature=base.temperature if self.temperature is None else self.temperature,
-            top_k=base.top_k if self.top_k is None else self.top_k,
-            top_p=base.top_p if self.top_p is None else self.top_p,
+        return SamplerConfig(
+            name=name.value,
+            temperature=DEFAULT_TEMPERATURE if self.temperature is None else self.temperature,
+            top_k=DEFAULT_TOP_K if self.top_k is None else self.top_k,
+            top_p=DEFAULT_TOP_P if self.top_p is None else self.top_p,
             seed=self.seed,
         )
 

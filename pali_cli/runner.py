@@ -62,7 +62,8 @@ def run_command(job: Job, image_args: list[str] | None, opts: RunOptions) -> Exi
     counts = _run(todo, ctx, sink, sidecar, opts, reporter, text_mode=isinstance(sink, TextStream))
     if counts.hit_limit:
         reporter.warn(
-            f"{plural(counts.hit_limit, 'output')} stopped at the token limit ({ctx.max_tokens}); raise --max-tokens for longer text"
+            f"{plural(counts.hit_limit, 'output')} stopped at the token limit ({ctx.max_tokens}); "
+            "raise --max-tokens for longer text"
         )
     return ExitCode.ITEMS_FAILED if counts.failed or kept_failures else ExitCode.OK
 
@@ -160,7 +161,8 @@ def _plan(
         todo = [p for p in paths if keys[p] not in status]
         if (done or kept_failures) and todo:
             reporter.info(
-                f"Resuming {opts.output}: {done + kept_failures} of {plural(len(paths), 'image')} already recorded, {len(todo)} to go."
+                f"Resuming {opts.output}: {done + kept_failures} of {plural(len(paths), 'image')} already "
+                f"recorded, {len(todo)} to go."
             )
         if kept_failures:
             reporter.warn(f"{plural(kept_failures, 'image')} failed in an earlier run; add --retry-failed to redo them")

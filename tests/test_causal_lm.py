@@ -42,7 +42,8 @@ def test_batched_rows_equal_one_by_one(lm):
     images = [_image(i) for i in range(3)]
     prompts = ["caption en", "answer en what color is the circle?", "detect square ; circle"]
     batch = lm.complete(images, prompts, max_new_tokens=16, stop_token_ids=None)
-    single = [lm.complete([im], [p], max_new_tokens=16, stop_token_ids=None)[0] for im, p in zip(images, prompts)]
+    pairs = zip(images, prompts, strict=True)
+    single = [lm.complete([im], [p], max_new_tokens=16, stop_token_ids=None)[0] for im, p in pairs]
     assert [c.token_ids for c in batch] == [c.token_ids for c in single]
     assert all(len(c.token_ids) == 16 and c.finish_reason == "length" for c in batch)
 

@@ -1,6 +1,6 @@
 """PaliGemma's prompt format: the one module that knows how text and images become model inputs.
 
-Text layout (big_vision, spec §8.2), image tokens excluded (the model prepends them):
+Text layout (big_vision configs/proj/paligemma/transfers/common.py), image tokens excluded (the model prepends them):
 
     prompt:   [BOS] + tok(prefix) + [NL]                  <- the "prefix", attended bidirectionally
     training: [BOS] + tok(prefix) + [NL] + tok(suffix) + [EOS]
@@ -10,7 +10,7 @@ Text layout (big_vision, spec §8.2), image tokens excluded (the model prepends 
 end prompts with ``"\\n"``; users coming from transformers do not (its processor appends one). Both
 are accepted: one trailing ``"\\n"`` is removed before the separator is added, so the result has
 exactly one BOS and one separator either way (adding a second one, ``"\\n\\n"``, degrades output:
-spec §13 item 7).
+vLLM PR #13584 "need newline at prompt").
 
 Batches are right-padded with the pad id 0 (KerasHub's convention); ``padding_mask`` marks real
 tokens. Whether the model then left-aligns prompts is the generation loop's business.
@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from engine.errors import InputError
 from engine.processing.image import RESAMPLE_FILTERS, ImageSource, preprocess_images
 from engine.processing.tokenizer import PaliGemmaTokenizer
 
@@ -51,11 +52,11 @@ class PaliGemmaCausalLMPreprocessor:
         resample: str = "bilinear",
     ) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+            raise InputError(f"image_size must be a positive int, got {image_size!r}")
         if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length <= 0:
-            raise ValueError(f"sequence_length must be a positive int, got {sequence_length!r}")
+            raise InputError(f"sequence_length must be a positive int, got {sequence_length!r}")
         if resample not in RESAMPLE_FILTERS:
-            raise ValueError(f"unknown resample filter {resample!r}; choose one of {sorted(RESAMPLE_FILTERS)}")
+            raise InputError(f"unknown resample filter {resample!r}; choose one of {sorted(RESAMPLE_FILTERS)}")
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.sequence_length = sequence_length
@@ -80,7 +81,7 @@ class PaliGemmaCausalLMPreprocessor:
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         for marker in _FOREIGN_MARKERS:
             if marker in prompt:
-                raise ValueError(
+                raise InputError(
                     f"prompt {prompt!r} contains {marker!r}: image tokens and <bos> are added "
                     "automatically; write only the task, e.g. 'caption en'"
                 )
@@ -114,20 +115,21 @@ class PaliGemmaCausalLMPreprocessor:
         """
         rows = [list(r) for r in rows]
         if not rows:
-            raise ValueError("pack() needs at least one row")
+            raise InputError("pack() needs at least one row")
         limit = self.sequence_length if sequence_length is None else sequence_length
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-            raise ValueError(f"sequence_length must be a positive int, got {sequence_length!r}")
+            raise InputError(f"sequence_length must be a positive int, got {sequence_length!r}")
         for i, row in enumerate(rows):
             if len(row) > limit:
-                raise ValueError(
+                raise InputError(
                     f"row {i} has {len(row)} tokens, more than the sequence length {limit}; "
                     "shorten the text or raise sequence_length"
                 )
         if response_masks is not None:
             response_masks = [list(m) for m in response_masks]
-            if len(response_masks) != len(rows) or any(len(m) != len(r) for m, r in zip(response_masks, rows)):
-                raise ValueError("response_masks must have one mask per row, each as long as its row")
+            lengths_differ = any(len(m) != len(r) for m, r in zip(response_masks, rows, strict=True))
+            if len(response_masks) != len(rows) or lengths_differ:
+                raise InputError("response_masks must have one mask per row, each as long as its row")
         width = sequence_length if sequence_length is not None else max(len(r) for r in rows)
 
         token_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.int64)
@@ -160,12 +162,12 @@ class PaliGemmaCausalLMPreprocessor:
         (right-padded; T as in ``pack``).
         """
         if not isinstance(x, dict) or "images" not in x:
-            raise ValueError('generate_preprocess() takes a dict with "images" and "text" (or "prompts")')
+            raise InputError('generate_preprocess() takes a dict with "images" and "text" (or "prompts")')
         if "text" in x and "prompts" in x:
-            raise ValueError('pass the prompt under "text" or "prompts", not both')
+            raise InputError('pass the prompt under "text" or "prompts", not both')
         prompts = x.get("text", x.get("prompts"))
         if prompts is None:
-            raise ValueError('generate_preprocess() needs the prompt under "text" (or "prompts")')
+            raise InputError('generate_preprocess() needs the prompt under "text" (or "prompts")')
 
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
         images = x["images"]
@@ -173,10 +175,10 @@ class PaliGemmaCausalLMPreprocessor:
         is_batch = isinstance(images, (list, tuple)) or getattr(images, "ndim", 0) == 4
         image_list = list(images) if is_batch else [images]
         if not prompt_list or not image_list:
-            raise ValueError("generate_preprocess() needs at least one image and one prompt")
+            raise InputError("generate_preprocess() needs at least one image and one prompt")
         batch = max(len(prompt_list), len(image_list))
         if len(prompt_list) not in (1, batch) or len(image_list) not in (1, batch):
-            raise ValueError(
+            raise InputError(
                 f"got {len(image_list)} images for {len(prompt_list)} prompts; "
                 "give one image per prompt (or a single image or a single prompt for all)"
             )

@@ -1,6 +1,7 @@
 """PaliGemma task prompts and the parsing of their structured outputs (pure text, no torch).
 
-Prompt syntax (spec §8.5): ``"caption {lang}\\n"``, ``"answer {lang} {question}\\n"``,
+Prompt syntax (ai.google.dev "PaliGemma prompt and system instructions"; big_vision transfer
+configs): ``"caption {lang}\\n"``, ``"answer {lang} {question}\\n"``,
 ``"detect {object} ; {object}\\n"``, ``"segment {object}\\n"``, ``"ocr\\n"``. The trailing newline
 is the prompt/answer separator; the preprocessor accepts prompts with or without it, the builders
 here always add it so a prompt reads the same wherever it is printed.
@@ -9,10 +10,11 @@ A newline inside a prompt would end the prefix early and ``;`` separates detecti
 user text is normalised before it goes in: whitespace runs (newlines included) collapse to one
 space, and object names lose any ``;``.
 
-Detection output (spec §12.1) is ``<locY1><locX1><locY2><locX2> label`` repeated and joined by
-``" ; "``: four 0..1023 bins per box, in the order y_min, x_min, y_max, x_max, as fractions
-``bin / 1024`` of the image the model saw. That image is the whole picture squashed to a square,
-so the fractions map straight onto the original width and height.
+Detection output (big_vision refcoco_mask2str; transformers' PaliGemma integration tests) is
+``<locY1><locX1><locY2><locX2> label`` repeated and joined by ``" ; "``: four 0..1023 bins per box,
+in the order y_min, x_min, y_max, x_max, as fractions ``bin / 1024`` of the image the model saw.
+That image is the whole picture squashed to a square, so the fractions map straight onto the
+original width and height.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-LOC_BINS = 1024  # <loc0000> .. <loc1023>; bin / 1024 is the common convention (spec §12.1)
+from engine.errors import InputError
+
+# <loc0000> .. <loc1023>; bin / 1024 is the common convention (Google's Keras tutorial, the
+# big-vision/paligemma-hf space)
+LOC_BINS = 1024
 
 # Four loc tokens, optionally 16 seg tokens (segmentation), then an optional label up to the next
 # ";" or token. Applied repeatedly over the whole text, so junk between instances is skipped.
@@ -36,7 +42,7 @@ _SPACES = re.compile(r"\s+")
 def _one_line(text: str, what: str) -> str:
     cleaned = _SPACES.sub(" ", text).strip()
     if not cleaned:
-        raise ValueError(f"{what} is empty")
+        raise InputError(f"{what} is empty")
     return cleaned
 
 
@@ -44,7 +50,7 @@ def _lang(lang: str) -> str:
     # A language code is one word in the prompt; anything with spaces would shift the task syntax.
     code = lang.strip()
     if not code or _SPACES.search(code):
-        raise ValueError(f"language code {lang!r} must be one word, e.g. 'en', 'fr', 'zh'")
+        raise InputError(f"language code {lang!r} must be one word, e.g. 'en', 'fr', 'zh'")
     return code
 
 
@@ -68,7 +74,7 @@ def split_objects(objects: str | Iterable[str]) -> list[str]:
 def _objects_clause(objects: str | Iterable[str]) -> str:
     names = split_objects(objects)
     if not names:
-        raise ValueError("no object names given; name what to find, e.g. 'cat ; dog'")
+        raise InputError("no object names given; name what to find, e.g. 'cat ; dog'")
     return " ; ".join(names)
 
 
@@ -101,7 +107,7 @@ def parse_detections(text: str, width: int, height: int) -> list[Detection]:
     """Parses detection (or segmentation) output into boxes in pixels of a ``width`` x ``height``
     image. Inverted boxes are put in order and everything is clamped to the image."""
     if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
+        raise InputError(f"image size must be positive, got {width}x{height}")
     found = []
     for m in _INSTANCE.finditer(text):
         y1, x1, y2, x2 = (int(g) / LOC_BINS for g in m.group(1, 2, 3, 4))

@@ -22,8 +22,11 @@ from typing import Any, overload
 
 import sentencepiece as spm
 
-# PaliGemma's special-token convention (spec §8.6). Checkpoints were trained with these ids, so a
-# tokenizer.model that disagrees is the wrong file, not a variant to adapt to.
+from engine.errors import CheckpointError, InputError
+
+# PaliGemma's special-token convention (transformers' convert_paligemma_weights_to_hf.py, Gemma's vocabulary).
+# Checkpoints were trained with these ids, so a tokenizer.model that disagrees is the wrong file, not a
+# variant to adapt to.
 _EXPECTED_SPECIAL_IDS = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
 _CONVENTIONAL_PIECES = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>"}
 NUM_LOC_TOKENS = 1024
@@ -31,21 +34,17 @@ NUM_SEG_TOKENS = 128
 TOKENIZER_FILENAME = "tokenizer.model"
 
 
-class TokenizerLoadError(ValueError):
-    """The tokenizer.model file is missing, unreadable or not a PaliGemma tokenizer."""
-
-
 def loc_token(i: int) -> str:
     """Text of the i-th location token, e.g. ``loc_token(51) == "<loc0051>"``."""
     if not 0 <= i < NUM_LOC_TOKENS:
-        raise ValueError(f"location index must be in [0, {NUM_LOC_TOKENS}), got {i}")
+        raise InputError(f"location index must be in [0, {NUM_LOC_TOKENS}), got {i}")
     return f"<loc{i:04d}>"
 
 
 def seg_token(i: int) -> str:
     """Text of the i-th segmentation token, e.g. ``seg_token(7) == "<seg007>"``."""
     if not 0 <= i < NUM_SEG_TOKENS:
-        raise ValueError(f"segmentation index must be in [0, {NUM_SEG_TOKENS}), got {i}")
+        raise InputError(f"segmentation index must be in [0, {NUM_SEG_TOKENS}), got {i}")
     return f"<seg{i:03d}>"
 
 
@@ -88,35 +87,35 @@ class PaliGemmaTokenizer:
     def _load(self, proto: str | Path | bytes) -> spm.SentencePieceProcessor:
         if isinstance(proto, (bytes, bytearray)):
             if not proto:
-                raise TokenizerLoadError("tokenizer bytes are empty; pass the contents of tokenizer.model")
+                raise CheckpointError("tokenizer bytes are empty; pass the contents of tokenizer.model")
             try:
                 return spm.SentencePieceProcessor(model_proto=bytes(proto))
             except (RuntimeError, OSError) as e:
-                raise TokenizerLoadError(
+                raise CheckpointError(
                     f"tokenizer bytes are not a SentencePiece model ({_first_line(e)}); "
                     "pass the contents of a PaliGemma tokenizer.model"
                 ) from None
         path = Path(proto)
         if not path.is_file():
-            raise TokenizerLoadError(
+            raise CheckpointError(
                 f"tokenizer file not found: {path}; the checkpoint directory must contain "
                 f"{TOKENIZER_FILENAME} (re-download the model)"
             )
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise TokenizerLoadError(f"cannot read tokenizer file {path}: {e.strerror or e}") from None
+            raise CheckpointError(f"cannot read tokenizer file {path}: {e.strerror or e}") from None
         if not data:
-            raise TokenizerLoadError(f"tokenizer file {path} is empty; re-download the model")
+            raise CheckpointError(f"tokenizer file {path} is empty; re-download the model")
         try:
             return spm.SentencePieceProcessor(model_proto=data)
         except (RuntimeError, OSError):
-            raise TokenizerLoadError(
+            raise CheckpointError(
                 f"tokenizer file {path} is corrupt or not a SentencePiece model; re-download the model"
             ) from None
 
-    def _fail(self, problem: str) -> TokenizerLoadError:
-        return TokenizerLoadError(
+    def _fail(self, problem: str) -> CheckpointError:
+        return CheckpointError(
             f"{self._source} is not a PaliGemma tokenizer: {problem}; use the tokenizer.model "
             "that ships with the PaliGemma checkpoint"
         )
@@ -178,14 +177,15 @@ class PaliGemmaTokenizer:
 
     def _check_id(self, token_id: int) -> None:
         if not 0 <= int(token_id) < self.vocabulary_size:
-            raise ValueError(
+            raise InputError(
                 f"token id {int(token_id)} is outside the tokenizer's vocabulary [0, {self.vocabulary_size})"
             )
 
     # ----------------------------------------------------------------------------- text <-> ids
 
+    # A str is also a Sequence[str]; the str overload comes first, so it is the one that applies.
     @overload
-    def tokenize(self, text: str) -> list[int]: ...
+    def tokenize(self, text: str) -> list[int]: ...  # type: ignore[overload-overlap]
     @overload
     def tokenize(self, text: Sequence[str]) -> list[list[int]]: ...
 
@@ -199,6 +199,13 @@ class PaliGemmaTokenizer:
         return self._sp.encode(texts, out_type=int)
 
     __call__ = tokenize
+
+    @overload
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+    @overload
+    def detokenize(self, ids: Sequence[Sequence[int]]) -> list[str]: ...
+    @overload
+    def detokenize(self, ids: Any) -> str | list[str]: ...
 
     def detokenize(self, ids: Any) -> str | list[str]:
         """Text of a sequence of ids (list, tuple, numpy array or tensor), or a list of texts for a

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import QuantizeError
 from engine.model.backbone import PaliGemmaBackbone
 from engine.runtime.capabilities import CpuCapabilities, cpu_capabilities
 from engine.runtime.kernels import (
@@ -42,10 +43,6 @@ from engine.runtime.optimize import matmul_dtype, swap_linears
 QUANT_MODES = ("int8",)
 PACK_MAX_ROWS = 32  # up to here _weight_int8pack_mm beats dequantize + GEMM (benchmarks/floors.py)
 PACK_ROW_MULTIPLE = 16  # int8 row lengths the packed kernel is safe for (bytes)
-
-
-class QuantizeError(ValueError):
-    """An unknown quantization mode or an unusable quantized cache."""
 
 
 def check_mode(mode: str) -> str:

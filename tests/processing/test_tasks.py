@@ -1,4 +1,5 @@
-"""engine.processing.tasks: prompt builders (spec §8.5) and detection parsing (spec §12.1). Pure text, no torch."""
+"""engine.processing.tasks: prompt builders (the ai.google.dev prompt page) and detection parsing
+(big_vision). Pure text, no torch."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_detection_in_pixels_of_the_original_image():
 
 
 def test_the_spec_example_on_a_1024_pixel_square():
-    # transformers' integration test output for "detect shoe" (spec §12.1): one bin is one pixel here.
+    # transformers' integration test output for "detect shoe" (test_modeling_paligemma.py): one bin is one pixel here.
     [d] = parse_detections("<loc0051><loc0309><loc0708><loc0646> shoe", width=1024, height=1024)
     assert (d.label, d.box) == ("shoe", (309.0, 51.0, 646.0, 708.0))
 

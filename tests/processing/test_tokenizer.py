@@ -14,7 +14,8 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from engine.processing.tokenizer import PaliGemmaTokenizer, TokenizerLoadError
+from engine.errors import CheckpointError
+from engine.processing.tokenizer import PaliGemmaTokenizer
 from tests.helpers.tiny_tokenizer import LOC_TOKENS, SEG_TOKENS
 
 
@@ -140,7 +141,7 @@ def test_bytes_and_path_give_the_same_tokenizer(tiny_tokenizer_dir: Path, tiny_t
 
 
 def test_missing_tokenizer_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(TokenizerLoadError) as err:
+    with pytest.raises(CheckpointError) as err:
         PaliGemmaTokenizer.from_preset(tmp_path)
     assert str(tmp_path / "tokenizer.model") in str(err.value)
     assert "\n" not in str(err.value)
@@ -150,7 +151,7 @@ def test_missing_tokenizer_names_the_file(tmp_path: Path) -> None:
 def test_corrupt_tokenizer_names_the_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "tokenizer.model"
     path.write_bytes(content)
-    with pytest.raises(TokenizerLoadError) as err:
+    with pytest.raises(CheckpointError) as err:
         PaliGemmaTokenizer.from_preset(tmp_path)
     assert str(path) in str(err.value)
     assert "\n" not in str(err.value)
@@ -175,7 +176,7 @@ def _train(path: Path, vocab_size: int = 60, **options) -> Path:
 def test_non_paligemma_special_ids_are_rejected(tmp_path: Path) -> None:
     # SentencePiece's defaults (unk=0, bos=1, eos=2, no pad) are the Llama layout, not PaliGemma's.
     path = _train(tmp_path / "tokenizer.model")
-    with pytest.raises(TokenizerLoadError, match="not a PaliGemma tokenizer") as err:
+    with pytest.raises(CheckpointError, match="not a PaliGemma tokenizer") as err:
         PaliGemmaTokenizer(path)
     assert str(path) in str(err.value)
 
@@ -192,7 +193,7 @@ def test_tokenizer_without_loc_tokens_is_rejected(tmp_path: Path) -> None:
         remove_extra_whitespaces=False,
         normalization_rule_name="identity",
     )
-    with pytest.raises(TokenizerLoadError, match="<loc0000>"):
+    with pytest.raises(CheckpointError, match="<loc0000>"):
         PaliGemmaTokenizer(path)
 
 

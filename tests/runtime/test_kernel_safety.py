@@ -51,14 +51,14 @@ def at_offset(t: torch.Tensor, offset: int) -> torch.Tensor:
     nbytes = t.numel() * t.element_size()
     raw = torch.empty(nbytes + 128, dtype=torch.uint8)
     start = -raw.data_ptr() % 64 + offset
-    view = torch.frombuffer(memoryview(raw.numpy()), dtype=t.dtype, count=t.numel(), offset=start)
+    view = torch.frombuffer(raw.numpy().data, dtype=t.dtype, count=t.numel(), offset=start)
     view = view.view(t.shape)
     view.copy_(t)
     assert view.data_ptr() % 64 == offset
     return view
 
 
-def _dense(weight: torch.Tensor, cpu: CpuCapabilities) -> tuple[nn.Module, nn.Module]:
+def _dense(weight: torch.Tensor, cpu: CpuCapabilities) -> tuple[nn.Module, TiedEmbedding]:
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
     layer.weight = nn.Parameter(weight, requires_grad=False)
     embed = TiedEmbedding(weight.shape[0], weight.shape[1], _weight=weight.detach())

@@ -1,0 +1,174 @@
+"""What ``fit`` trains on: the dataset forms it accepts, and a batch of them as model inputs.
+
+Datasets, as ``fit(dataset, ...)`` takes them:
+
+* a mapping of equal-length sequences ``{"images": [...], "prefixes": [...], "suffixes": [...]}``,
+  shuffled every epoch and cut into ``batch_size`` batches;
+* an iterable of such mappings, each one batch (it sets its own batch size, so ``batch_size``
+  must not be given); iterated once per epoch, so pass a re-iterable object, not a generator,
+  for more than one epoch;
+* an iterable of single examples ``{"images": image, "prefixes": str, "suffixes": str}``, grouped
+  into ``batch_size`` batches.
+
+Images are anything ``engine.processing.image`` loads (paths, PIL images, uint8 arrays, a uint8 batch
+``[B, H, W, 3]``) or an already preprocessed ``float[B, 3, R, R]`` tensor in [-1, 1]. Prefixes are
+prompts as in generation (``"caption en"``; a trailing ``"\\n"`` is optional).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from engine.errors import InputError
+from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
+
+if TYPE_CHECKING:
+    from engine.train import TrainConfig
+
+KEYS = ("images", "prefixes", "suffixes")
+DEFAULT_BATCH_SIZE = 8
+
+
+def prepare_batch(
+    preprocessor: PaliGemmaCausalLMPreprocessor,
+    images: Any,
+    prefixes: Sequence[str],
+    suffixes: Sequence[str],
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Model inputs for one batch: pixels, and rows right-padded to the longest one."""
+    prefixes, suffixes = list(prefixes), list(suffixes)
+    if len(prefixes) != len(suffixes):
+        raise InputError(f"got {len(prefixes)} prefixes for {len(suffixes)} suffixes; give one suffix per prefix")
+    size = preprocessor.image_size
+    if isinstance(images, torch.Tensor) and images.ndim == 4 and tuple(images.shape[1:]) == (3, size, size):
+        pixel_values = images.float()
+    else:
+        pixel_values = preprocessor.preprocess_images(images if not isinstance(images, tuple) else list(images))
+    if pixel_values.shape[0] != len(prefixes):
+        raise InputError(f"got {pixel_values.shape[0]} images for {len(prefixes)} prefixes; give one image per example")
+    encoded = [preprocessor.encode_example(p, s) for p, s in zip(prefixes, suffixes, strict=True)]
+    # No fixed width: rows are padded to the longest one (pack's default), capped at the
+    # preprocessor's sequence_length, so short tasks do not pay for a long limit.
+    packed = preprocessor.pack([ids for ids, _ in encoded], None, [mask for _, mask in encoded])
+    batch = {"pixel_values": pixel_values, **packed}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def _check_keys(item: Any, where: str) -> None:
+    if not isinstance(item, Mapping) or any(k not in item for k in KEYS):
+        got = sorted(item) if isinstance(item, Mapping) else type(item).__name__
+        raise InputError(f"{where} must be a mapping with keys {list(KEYS)}, got {got}")
+
+
+def _is_single_example(item: Mapping) -> bool:
+    return isinstance(item["prefixes"], str)
+
+
+def _slice(images: Any, index: Sequence[int]) -> Any:
+    if isinstance(images, torch.Tensor):
+        return images[torch.as_tensor(index, dtype=torch.long)]
+    if hasattr(images, "ndim") and getattr(images, "ndim", 0) == 4:  # numpy uint8 batch
+        return images[list(index)]
+    return [images[i] for i in index]
+
+
+def _memory_batches(data: Mapping, batch_size: int, order: list[int]) -> Iterator[dict]:
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        yield {
+            "images": _slice(data["images"], index),
+            "prefixes": [data["prefixes"][i] for i in index],
+            "suffixes": [data["suffixes"][i] for i in index],
+        }
+
+
+def _grouped(examples: Iterator[Mapping], first: Mapping, batch_size: int) -> Iterator[dict]:
+    group = [first]
+    for item in examples:
+        _check_keys(item, "every dataset item")
+        group.append(item)
+        if len(group) == batch_size:
+            yield {k: [g[k] for g in group] for k in KEYS}
+            group = []
+    if group:
+        yield {k: [g[k] for g in group] for k in KEYS}
+
+
+class Batches:
+    """One epoch's batches, whatever the dataset's form (see the module docstring)."""
+
+    def __init__(self, dataset: Any, cfg: TrainConfig):
+        self.dataset, self.cfg = dataset, cfg
+        self.in_memory = isinstance(dataset, Mapping)
+        if self.in_memory:
+            _check_keys(dataset, "an in-memory dataset")
+            n = len(dataset["prefixes"])
+            for k in KEYS:
+                if len(dataset[k]) != n:
+                    raise InputError(f"dataset[{k!r}] has {len(dataset[k])} items but dataset['prefixes'] has {n}")
+            if n == 0:
+                raise InputError("the dataset is empty")
+        elif not isinstance(dataset, Iterable):
+            raise TypeError(f"dataset must be a mapping or an iterable of mappings, got {type(dataset).__name__}")
+        elif cfg.epochs > 1 and iter(dataset) is dataset:
+            raise InputError(
+                "a one-shot iterator (e.g. a generator) cannot be read for several epochs; "
+                "pass a list or an object whose __iter__ restarts, or use epochs=1"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.batch_size or DEFAULT_BATCH_SIZE
+
+    def __len__(self) -> int:
+        """Batches per epoch; TypeError when the dataset cannot tell in advance (no __len__)."""
+        if self.in_memory:
+            return math.ceil(len(self.dataset["prefixes"]) / self.batch_size)
+        items = len(self.dataset)
+        if isinstance(self.dataset, Sequence):
+            first = self.dataset[0] if items else None
+        elif iter(self.dataset) is not self.dataset:  # re-iterable: peeking costs one item
+            first = next(iter(self.dataset), None)
+        else:
+            raise TypeError("a one-shot iterator's length is unknown")
+        if isinstance(first, Mapping) and "prefixes" in first and _is_single_example(first):
+            return math.ceil(items / self.batch_size)
+        return items
+
+    def total_steps(self) -> int | None:
+        """Optimizer steps over all epochs, or None when the dataset cannot tell in advance."""
+        try:
+            return len(self) * self.cfg.epochs
+        except TypeError:
+            return None
+
+    def epoch(self, epoch: int) -> Iterator[dict]:
+        if self.in_memory:
+            order = list(range(len(self.dataset["prefixes"])))
+            if self.cfg.shuffle:
+                random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(order)
+            yield from _memory_batches(self.dataset, self.batch_size, order)
+            return
+        items = iter(self.dataset)
+        first = next(items, None)
+        if first is None:
+            raise InputError("the dataset yielded no items")
+        _check_keys(first, "every dataset item")
+        if _is_single_example(first):
+            yield from _grouped(items, first, self.batch_size)
+            return
+        if self.cfg.batch_size is not None:
+            raise InputError("this dataset yields whole batches, so batch_size does not apply; leave it unset")
+        yield first
+        for item in items:
+            _check_keys(item, "every dataset item")
+            yield item
