@@ -25,6 +25,9 @@ _EXPORTS = {
     "TopPSampler": "samplers",
     "PaliGemmaTokenizer": "processing.tokenizer",
     "CheckpointError": "checkpoints.weights",
+    "MaskDecoder": "processing.mask_decoder",
+    "Segment": "processing.segmentation",
+    "parse_segmentation": "processing.segmentation",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -45,8 +45,11 @@ class LocalModelError(ModelUnavailableError):
     """A local directory (or the bundled demo model) is missing or is not a checkpoint."""
 
 
-def translate(error: BaseException, source, token: str | None, endpoint: str | None) -> ModelUnavailableError | None:
-    """Turn huggingface_hub / httpx2 failures into one of our errors (None: not a hub failure)."""
+def translate(
+    error: BaseException, source, token: str | None, endpoint: str | None, how: str | None = None
+) -> ModelUnavailableError | None:
+    """Turn huggingface_hub / httpx2 failures into one of our errors (None: not a hub failure).
+    ``how`` is the command that downloads it (default: ``pali presets download LABEL``)."""
     import httpx2
     from huggingface_hub.errors import (
         FileMetadataError,
@@ -60,7 +63,7 @@ def translate(error: BaseException, source, token: str | None, endpoint: str | N
     chain = _exception_chain(error)
     repo, label = source.repo_id, source.label
     page = _LICENSE_PAGE.format(repo=repo)
-    how = DOWNLOAD_COMMAND.format(label=label)
+    how = how or DOWNLOAD_COMMAND.format(label=label)
     http = next((e for e in chain if isinstance(e, HfHubHTTPError)), None)
     if http is not None:
         status = http.response.status_code if http.response is not None else None

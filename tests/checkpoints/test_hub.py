@@ -25,11 +25,11 @@ from safetensors.numpy import save
 from engine.checkpoints import hub
 from engine.checkpoints.presets import UnknownPresetError
 from tests.helpers.fake_hub import FakeHub
+from tests.helpers.hub_fixtures import TOKEN
 
 PRESET = "pali_gemma2_mix_3b_224"
 REPO = "google/paligemma2-3b-mix-224"
 WANTED = ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json")
-TOKEN = "hf_fake_valid_token"
 
 
 def checkpoint_files(weights: int = 20_000, **extra: bytes) -> dict[str, bytes]:
@@ -47,26 +47,8 @@ def checkpoint_files(weights: int = 20_000, **extra: bytes) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    tmp_path = tmp_path.resolve()  # snapshot paths come back resolved
-    caches = {"pali": tmp_path / "pali-cache", "hf": tmp_path / "hf-home" / "hub"}
-    monkeypatch.setenv("PALI_CACHE_DIR", str(caches["pali"]))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(caches["hf"]))
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)  # no registry fetch
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
-    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
-    return caches
-
-
-@pytest.fixture
-def fake_hub(env, monkeypatch):
-    with FakeHub(token=TOKEN) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
+def env(hub_env):
+    return hub_env  # the caches; fake_hub comes from tests/helpers/hub_fixtures.py
 
 
 def sha256(path: Path) -> str:
