@@ -82,3 +82,19 @@ def load_model(preset: str, opts: RunOptions, reporter: Reporter) -> Any:
     quantized = "" if opts.quantize.value == "none" else f", {opts.quantize.value} weights"
     reporter.info(f"Loaded in {format_duration(clock.seconds)} ({device}, {dtype}{quantized})")
     return lm
+
+
+def load_mask_decoder(path: Path | None, opts: RunOptions) -> Any:
+    """The segmentation mask decoder: ``path`` (``--seg-decoder`` / ``PALI_SEG_DECODER``), else the
+    verified cached copy, else one download. A file that is not the decoder is a runtime failure
+    (exit 1), a download that cannot be made makes the model unavailable (exit 4)."""
+    from engine.checkpoints.hub import ModelUnavailableError
+    from engine.checkpoints.seg_decoder import MaskDecoderError
+    from engine.processing import mask_decoder
+
+    try:
+        return mask_decoder.load_mask_decoder(path, opts.cache_dir, quiet=opts.quiet)
+    except ModelUnavailableError as e:
+        raise ModelUnavailable(str(e)) from None
+    except MaskDecoderError as e:
+        raise PaliError(str(e)) from None

@@ -248,12 +248,14 @@ class TextStream:
     """Plain text on stdout (one image): the result as the task renders it; failures go to the
     caller, which reports them on stderr."""
 
-    def __init__(self, render: Callable[[Record], str]) -> None:
+    def __init__(self, render: Callable[[Record], str | None]) -> None:
         self._render = render
 
     def write(self, record: Record) -> None:
         if record.ok:
             text = self._render(record)
+            if text is None:  # nothing to show (no object found): no line at all
+                return
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
             sys.stdout.flush()
 
