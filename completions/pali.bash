@@ -75,6 +75,7 @@ _pali() {
             ;;
         "detect")
             case "$prev" in
+                --draw) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --files-from) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 -o|--output) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --sidecar-ext) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
@@ -96,7 +97,38 @@ _pali() {
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "--draw -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+            else
+                compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
+            fi
+            ;;
+        "segment")
+            case "$prev" in
+                --masks-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --draw) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --seg-decoder) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --files-from) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                -o|--output) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --sidecar-ext) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --on-existing) COMPREPLY=($(compgen -W "skip overwrite append" -- "$cur")); return ;;
+                --prefix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --suffix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur") $(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8" -- "$cur")); return ;;
+                --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --sampler) COMPREPLY=($(compgen -W "greedy top-k top-p random" -- "$cur")); return ;;
+                --temperature) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "--masks-dir --draw --seg-decoder -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -221,7 +253,7 @@ _pali() {
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "-V --version -h --help" -- "$cur"))
             else
-                COMPREPLY=($(compgen -W "caption ask detect ocr prompt completion presets" -- "$cur"))
+                COMPREPLY=($(compgen -W "caption ask detect segment ocr prompt completion presets" -- "$cur"))
             fi
             ;;
     esac

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # what the lazy table below hands out, spelt out for type che
         ImageLoadError,
         InputError,
         LocalModelError,
+        MaskDecoderError,
         ModelNotFoundError,
         ModelUnavailableError,
         OfflineError,
@@ -32,7 +33,9 @@ if TYPE_CHECKING:  # what the lazy table below hands out, spelt out for type che
     )
     from engine.model.backbone import PaliGemmaBackbone
     from engine.model.config import PaliGemmaConfig, TextConfig, VisionConfig, from_hf_config, load_config
+    from engine.processing.mask_decoder import MaskDecoder, load_mask_decoder
     from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
+    from engine.processing.segmentation import Segment, parse_segmentation
     from engine.processing.tokenizer import PaliGemmaTokenizer
     from engine.runtime.devices import set_num_threads
     from engine.sampler_config import SamplerConfig
@@ -63,6 +66,7 @@ _EXPORTS = {
     "ImageLoadError": "errors",
     "InputError": "errors",
     "LocalModelError": "errors",
+    "MaskDecoderError": "errors",
     "ModelNotFoundError": "errors",
     "ModelUnavailableError": "errors",
     "OfflineError": "errors",
@@ -71,6 +75,10 @@ _EXPORTS = {
     "TrainingError": "errors",
     "UnknownPresetError": "errors",
     "UnsupportedCheckpointError": "errors",
+    "MaskDecoder": "processing.mask_decoder",
+    "load_mask_decoder": "processing.mask_decoder",
+    "Segment": "processing.segmentation",
+    "parse_segmentation": "processing.segmentation",
 }
 
 # Spelt out (not sorted(_EXPORTS)) so that type checkers and linters see the public names;
@@ -85,6 +93,8 @@ __all__ = [
     "ImageLoadError",
     "InputError",
     "LocalModelError",
+    "MaskDecoder",
+    "MaskDecoderError",
     "ModelNotFoundError",
     "ModelUnavailableError",
     "OfflineError",
@@ -97,6 +107,7 @@ __all__ = [
     "QuantizeError",
     "RandomSampler",
     "SamplerConfig",
+    "Segment",
     "TextConfig",
     "TopKSampler",
     "TopPSampler",
@@ -106,6 +117,8 @@ __all__ = [
     "VisionConfig",
     "from_hf_config",
     "load_config",
+    "load_mask_decoder",
+    "parse_segmentation",
     "set_num_threads",
 ]
 

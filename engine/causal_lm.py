@@ -49,6 +49,7 @@ class PaliGemmaCausalLM:
         self.sampler: Sampler = GreedySampler()
         self.preset: str | None = None
         self.dtype_reason = "requested"
+        self.mask_decoder: Any = None  # segment(): loaded on first use, or set by the caller
 
     @classmethod
     def from_preset(
@@ -248,6 +249,23 @@ class PaliGemmaCausalLM:
         if as_numpy:
             return {"token_ids": out_ids.numpy(), "padding_mask": out_mask.numpy()}
         return {"token_ids": out_ids, "padding_mask": out_mask}
+
+    def segment(self, image: Any, objects: str | Sequence[str], max_new_tokens: int = 256) -> list:
+        """Segments ``objects`` (``"cat ; dog"``) in one image: a list of
+        ``engine.processing.segmentation.Segment`` (label, pixel box, bool mask of the upright
+        image). The mask decoder is loaded once, on first use, by
+        ``engine.checkpoints.seg_decoder`` ($PALI_SEG_DECODER, the cache, or one download)."""
+        from engine.processing.image import load_image
+        from engine.processing.segmentation import parse_segmentation
+        from engine.processing.tasks import segment_prompt
+
+        if self.mask_decoder is None:
+            from engine.processing.mask_decoder import load_mask_decoder
+
+            self.mask_decoder = load_mask_decoder()
+        picture = load_image(image)
+        [answer] = self.complete([picture], [segment_prompt(objects)], max_new_tokens=max_new_tokens)
+        return parse_segmentation(answer.text, picture.size, decoder=self.mask_decoder)
 
     # ------------------------------------------------------------------ training
 

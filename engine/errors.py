@@ -9,7 +9,8 @@ from the kind alone (the CLI turns kinds into exit codes in one table, ``pali_cl
     |   +-- UnknownPresetError     a preset name that is neither a canonical name nor an alias
     |   +-- ImageLoadError         an image that cannot be read or converted
     +-- CheckpointError            files on disk that do not make a usable model: weights,
-    |   +-- QuantizeError          config.json, tokenizer.model, a quantized-weights cache
+    |   +-- QuantizeError          config.json, tokenizer.model, a quantized-weights cache,
+    |   +-- MaskDecoderError       the segmentation mask decoder's vae-oid.npz
     +-- ModelUnavailableError      a checkpoint that cannot be had locally (subclasses say why:
     |                              login, licence, not found, offline, interrupted, ...)
     +-- TrainingError              training stopped (the loss diverged)
@@ -32,6 +33,7 @@ __all__ = [
     "ImageLoadError",
     "InputError",
     "LocalModelError",
+    "MaskDecoderError",
     "ModelNotFoundError",
     "ModelUnavailableError",
     "OfflineError",
@@ -86,6 +88,11 @@ class QuantizeError(CheckpointError):
 
 
 # ----------------------------------------------------------------------------- unavailable models
+
+
+class MaskDecoderError(CheckpointError):
+    """A segmentation mask decoder file (vae-oid.npz) that cannot be used: missing, another file
+    (wrong SHA-256), not an npz of plain arrays, or tensors that do not fit the decoder."""
 
 
 class ModelUnavailableError(PaliError, RuntimeError):

@@ -12,6 +12,7 @@ from enum import IntEnum
 from engine import (
     DownloadInterruptedError,
     InputError,
+    MaskDecoderError,
     ModelUnavailableError,
     OfflineError,
     PaliError,
@@ -75,6 +76,8 @@ def hint_for(error: BaseException) -> str | None:
     """What to do about ``error`` at the command line, where the CLI knows better than the engine."""
     if isinstance(error, CliError):
         return error.hint
+    if isinstance(error, MaskDecoderError):
+        return "`--seg-decoder PATH` (or PALI_SEG_DECODER) names a local copy of vae-oid.npz."
     if isinstance(error, UnknownPresetError):
         return "`pali presets list` shows all presets."
     if isinstance(error, (OfflineError, DownloadInterruptedError)) and error.label:

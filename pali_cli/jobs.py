@@ -2,18 +2,26 @@
 
 A ``Job`` is the command-specific part of a run: the prompt (built by ``engine.processing.tasks``,
 whose InputError for an empty question or object list exits with the usage code), the default
-token budget, extra record fields parsed from the output, and the plain-text rendering used when
-one image is printed to a terminal.
+token budget, extra record fields parsed from the output, the plain-text rendering used when one
+image is printed to a terminal, the image files written besides the records (``--draw``,
+``--masks-dir``) and what must be loaded before the model (``segment``'s mask decoder).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pali_cli.errors import UsageProblem
 from pali_cli.records import Record
+
+if TYPE_CHECKING:
+    from pali_cli.artifacts import ImageOutputs
+    from pali_cli.console import Reporter
+    from pali_cli.options import RunOptions
 
 Extras = Callable[[str, tuple[int, int]], dict[str, Any]]
 
@@ -33,6 +41,10 @@ class Job:
     max_tokens: int = 128
     extras: Extras = _no_extras
     render: Callable[[Record], str | None] = _plain
+    outputs: ImageOutputs | None = None
+    # Run once the run is planned and before the model loads; returns the job to run (with its
+    # extras bound to what it loaded). Failing here costs no model load.
+    prepare: Callable[[Job, RunOptions, Reporter], Job] | None = None
 
     @property
     def record_prompt(self) -> str:
@@ -86,7 +98,13 @@ def _render_detections(record: Record) -> str | None:
     return "\n".join(rows) if rows else None
 
 
-def detect_job(objects: str) -> Job:
+def _outputs(task: str, draw: Path | None, masks_dir: Path | None = None) -> ImageOutputs | None:
+    from pali_cli.artifacts import ImageOutputs
+
+    return ImageOutputs(task, draw, masks_dir) if draw or masks_dir else None
+
+
+def detect_job(objects: str, draw: Path | None = None) -> Job:
     from engine.processing.tasks import detect_prompt
 
     return Job(
@@ -95,4 +113,58 @@ def detect_job(objects: str) -> Job:
         max_tokens=256,
         extras=_detection_extras,
         render=_render_detections,
+        outputs=_outputs("detect", draw),
+    )
+
+
+def _render_segments(record: Record) -> str | None:
+    # One object per line, tab-separated: label, x_min y_min x_max y_max (pixel edges), mask area in
+    # pixels ("-" for an object answered with a box only).
+    from pali_cli.artifacts import mask_area
+
+    rows = [
+        "\t".join([s["label"], *(str(v) for v in s["box"]), "-" if s["mask"] is None else str(mask_area(s["mask"]))])
+        for s in record.extra.get("segments", [])
+    ]
+    return "\n".join(rows) if rows else None
+
+
+def _segmentation_extras(decoder: Any) -> Extras:
+    def extras(text: str, size: tuple[int, int]) -> dict[str, Any]:
+        from engine import parse_segmentation
+        from pali_cli.artifacts import encode_mask
+
+        found = parse_segmentation(text, size, decoder=decoder)
+        return {
+            "segments": [
+                {"label": s.label, "box": list(s.box), "mask": None if s.mask is None else encode_mask(s.mask)}
+                for s in found
+            ]
+        }
+
+    return extras
+
+
+def _with_mask_decoder(path: Path | None) -> Callable[[Job, RunOptions, Reporter], Job]:
+    def prepare(job: Job, opts: RunOptions, reporter: Reporter) -> Job:
+        from pali_cli.model import load_mask_decoder
+
+        decoder = load_mask_decoder(path, opts)
+        return dataclasses.replace(job, extras=_segmentation_extras(decoder), prepare=None)
+
+    return prepare
+
+
+def segment_job(
+    objects: str, seg_decoder: Path | None = None, masks_dir: Path | None = None, draw: Path | None = None
+) -> Job:
+    from engine.processing.tasks import segment_prompt
+
+    return Job(
+        "segment",
+        segment_prompt(objects),
+        max_tokens=256,
+        render=_render_segments,
+        outputs=_outputs("segment", draw, masks_dir),
+        prepare=_with_mask_decoder(seg_decoder),
     )

@@ -4,6 +4,7 @@ through unchanged: ``app.PaliGroup`` maps their kinds to exit codes (pali_cli.er
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from engine import PaliError
@@ -54,3 +55,12 @@ def load_model(preset: str, opts: RunOptions, reporter: Reporter) -> Any:
     quantized = "" if opts.quantize.value == "none" else f", {opts.quantize.value} weights"
     reporter.info(f"Loaded in {format_duration(clock.seconds)} ({device}, {dtype}{quantized})")
     return lm
+
+
+def load_mask_decoder(path: Path | None, opts: RunOptions) -> Any:
+    """The segmentation mask decoder: ``path`` (``--seg-decoder`` / ``PALI_SEG_DECODER``), else the
+    verified cached copy, else one download. Its errors are the engine's (a file that is not the
+    decoder: exit 1; a download that cannot be made: exit 4; see pali_cli.errors)."""
+    import engine
+
+    return engine.load_mask_decoder(path, opts.cache_dir, quiet=opts.quiet)

@@ -64,6 +64,40 @@ Images = Annotated[
 ]
 Lang = Annotated[str, typer.Option("--lang", "-l", help="Language code of the output, e.g. en, fr, de, zh.")]
 
+# Options of some commands only (detect, segment).
+Draw = Annotated[
+    Path | None,
+    typer.Option(
+        "--draw",
+        metavar="DIR",
+        file_okay=False,
+        help="Also write each image with its results drawn on it to DIR (photo.jpg -> DIR/photo.<command>.png).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+MasksDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--masks-dir",
+        metavar="DIR",
+        file_okay=False,
+        help="Also write one PNG mask per object to DIR (photo.jpg -> DIR/photo.mask0.png, photo.mask1.png ...).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+SegDecoder = Annotated[
+    Path | None,
+    typer.Option(
+        "--seg-decoder",
+        metavar="FILE",
+        envvar="PALI_SEG_DECODER",
+        show_envvar=True,
+        dir_okay=False,
+        help="A local copy of big_vision's mask decoder vae-oid.npz.  \\[default: downloaded once into the cache]",
+        rich_help_panel=MODEL,
+    ),
+]
+
 Recursive = Annotated[
     bool, typer.Option("--recursive", "-r", help="Also take images in subdirectories.", rich_help_panel=INPUT)
 ]
@@ -194,7 +228,7 @@ MaxTokens = Annotated[
     typer.Option(
         "--max-tokens",
         min=1,
-        help="Most tokens to generate per image.  \\[default: 128; 256 for ocr and detect]",
+        help="Most tokens to generate per image.  \\[default: 128; 256 for ocr, detect and segment]",
         rich_help_panel=GENERATION,
     ),
 ]

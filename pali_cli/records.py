@@ -254,7 +254,7 @@ class TextStream:
     def write(self, record: Record) -> None:
         if record.ok:
             text = self._render(record)
-            if text is None:  # nothing to show, e.g. detect found no object
+            if text is None:  # nothing to show (no object found): no line at all
                 return
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
             sys.stdout.flush()

@@ -39,6 +39,8 @@ def run_command(job: Job, image_args: list[str] | None, opts: RunOptions) -> Exi
     sidecar = _sidecar_spec(opts)
     if sidecar:
         check_collisions(expansion.paths, sidecar)
+    if job.outputs:
+        job.outputs.check_names(expansion.paths)
     single = _single_image(args, opts)
     results = ResultsFile(opts.output, reporter.warn) if opts.output else None
     sink: Sink
@@ -57,6 +59,10 @@ def run_command(job: Job, image_args: list[str] | None, opts: RunOptions) -> Exi
         reporter.info(f"Nothing to do: all {plural(len(expansion.paths), 'image')} are already {where}.")
         return ExitCode.ITEMS_FAILED if kept_failures else ExitCode.OK
 
+    if job.outputs:
+        job.outputs.check_existing(todo)
+    if job.prepare:
+        job = job.prepare(job, opts, reporter)
     model = load_model(preset, opts, reporter)
     ctx = BatchContext(job, preset, opts.max_tokens or job.max_tokens, model)
     counts = _run(todo, ctx, sink, sidecar, opts, reporter, text_mode=isinstance(sink, TextStream))
@@ -201,6 +207,7 @@ def _run(
             for batch in prefetcher:
                 failed_before = counts.failed
                 for record in process_batch(batch, calls):
+                    record = _write_outputs(ctx.job, record)
                     sink.write(record)
                     _account(record, counts, sidecar, reporter, text_mode)
                 bar.advance(len(batch), failed=counts.failed - failed_before)
@@ -226,6 +233,22 @@ def _run(
             parts.append(f"results in {opts.output}")
         reporter.info("; ".join(parts))
     return counts
+
+
+def _write_outputs(job: Job, record: Record) -> Record:
+    """``--draw`` / ``--masks-dir`` files, before the record: a record that says done means its files
+    exist. When they cannot be written the image becomes an error record (``--retry-failed`` redoes it)."""
+    if job.outputs is None or not record.ok:
+        return record
+    try:
+        job.outputs.write(record)
+    except (OSError, ValueError) as e:
+        what = str(e)
+        if isinstance(e, OSError) and e.strerror:
+            what = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        message = f"cannot write the output files of {record.image} ({what})"
+        return Record(record.image, record.task, record.prompt, record.preset, seconds=record.seconds, error=message)
+    return record
 
 
 def _account(record: Record, counts: Counts, sidecar: SidecarSpec | None, reporter: Reporter, text_mode: bool) -> None:

@@ -60,7 +60,8 @@ def test_help_and_presets_list_do_not_import_torch():
     code = (
         "import sys\n"
         "from pali_cli.app import main\n"
-        "for argv in (['pali', '--help'], ['pali', 'caption', '--help'], ['pali', 'presets', 'list', '--json']):\n"
+        "for argv in (['pali', '--help'], ['pali', 'caption', '--help'], ['pali', 'segment', '--help'],\n"
+        "             ['pali', 'presets', 'list', '--json']):\n"
         "    sys.argv = argv\n"
         "    try:\n"
         "        main()\n"

@@ -7,7 +7,10 @@ It answers the requests huggingface_hub 2.4's ``snapshot_download`` makes, the w
     HEAD /{repo}/resolve/{rev}/{file}        ETag, X-Repo-Commit, Content-Length
     GET  /{repo}/resolve/{rev}/{file}        the bytes (Range requests answered with 206)
 
-LFS files (``*.safetensors``) are redirected (302, with X-Linked-Etag / X-Linked-Size) to a second
+Spaces and datasets (``add_repo(..., repo_type="space")``) are served under ``/spaces/{repo}/...``
+and ``/api/spaces/{repo}/...`` (``datasets`` likewise), as ``hf_hub_download(repo_type=...)`` asks.
+
+LFS files (``*.safetensors``, ``*.npz``) are redirected (302, with X-Linked-Etag / X-Linked-Size) to a second
 listener standing in for the CDN, as on the real Hub, so the client drops its Authorization header
 and downloads from another origin. No ``X-Xet-*`` header and no ``xetHash`` is ever sent, so
 huggingface_hub uses plain HTTP, never Xet.
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz")
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,13 @@ class _Repo:
         if revision in self.branches:
             return self.branches[revision]
         return next((s for s in self.branches.values() if s.commit == revision), None)
+
+
+def repo_key(repo_id: str, repo_type: str = "model") -> str:
+    """How a repository is addressed in URLs and in ``FakeHub.repos``: ``owner/name`` for a model,
+    ``spaces/owner/name`` for a space, ``datasets/owner/name`` for a dataset."""
+    assert repo_type in {"model", "space", "dataset"}
+    return repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -89,9 +99,11 @@ class FakeHub:
         revision: str = "main",
         access: str = "public",
         granted: bool = False,
+        repo_type: str = "model",
     ) -> str:
         """Publish ``files`` as ``revision`` of ``repo_id``; returns the commit hash."""
         assert access in {"public", "private", "gated"}
+        repo_id = repo_key(repo_id, repo_type)
         repo = self.repos.setdefault(repo_id, _Repo(access=access, granted=granted))
         listing = json.dumps({name: git_blob_sha1(data) for name, data in sorted(files.items())})
         commit = hashlib.sha1(f"{repo_id}@{revision}:{listing}".encode()).hexdigest()
@@ -104,11 +116,11 @@ class FakeHub:
         files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
         return self.add_repo(repo_id, files, **options)
 
-    def add_fault(self, repo_id: str, filename: str, *faults: tuple[str, int]) -> None:
+    def add_fault(self, repo_id: str, filename: str, *faults: tuple[str, int], repo_type: str = "model") -> None:
         """Queue misbehaviours for the next GETs of a file's bytes, one fault per GET."""
         for kind, value in faults:
             assert kind in {"drop", "status"}
-            self._faults[(repo_id, filename)].append((kind, value))
+            self._faults[(repo_key(repo_id, repo_type), filename)].append((kind, value))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -161,8 +173,10 @@ class FakeHub:
         return None
 
 
-_API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<what>revision|tree)/(?P<rev>[^/]+)(?:/.*)?$")
-_RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
+_API = re.compile(
+    r"^/api/(?P<kind>models|spaces|datasets)/(?P<repo>[^/]+/[^/]+)/(?P<what>revision|tree)/(?P<rev>[^/]+)(?:/.*)?$"
+)
+_RESOLVE = re.compile(r"^/(?:(?P<kind>spaces|datasets)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 _CDN = re.compile(r"^/cdn/(?P<sha>[0-9a-f]{64})$")
 
 
@@ -195,7 +209,9 @@ class _Handler(BaseHTTPRequestHandler):
         match = _API.match(path) or _RESOLVE.match(path)
         if match is None:
             return self._error(404, None, "Not found")
-        repo = self.hub.repos.get(match["repo"])
+        kind = match["kind"] if match["kind"] not in (None, "models") else None
+        key = f"{kind}/{match['repo']}" if kind else match["repo"]
+        repo = self.hub.repos.get(key)
         if repo is None:
             return self._error(404, "RepoNotFound", "Repository not found")
         is_file = "file" in match.groupdict()
@@ -206,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {match['rev']}")
         if not is_file:
             return self._api(match["repo"], match["what"], snapshot, repo)
-        return self._resolve(match["repo"], match["file"], snapshot, head)
+        return self._resolve(key, match["file"], snapshot, head)
 
     def _denied(self, repo_id: str, repo: _Repo, is_file: bool) -> tuple[int, str, str] | None:
         auth = self.headers.get("Authorization")
