@@ -37,9 +37,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -66,9 +70,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -94,9 +102,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -122,9 +134,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -150,9 +166,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi

@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     MODEL_UNAVAILABLE = 4  # the model could not be downloaded or found (auth, offline, 404)
     NO_INPUT = 5  # no image matched the given paths, directories or patterns
     INTERRUPTED = 130  # Ctrl-C; finished records are kept
+    TERMINATED = 143  # SIGTERM (128 + 15); finished records are kept
 
 
 class PaliError(Exception):

@@ -8,6 +8,7 @@ settled before the model is loaded, which takes seconds to minutes.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ class Counts:
 
 def run_command(job: Job, image_args: list[str] | None, opts: RunOptions) -> ExitCode:
     reporter = Reporter(opts.quiet)
+    if opts.ray:
+        from pali_cli.scale_out import require_ray
+
+        require_ray()
     args = list(image_args or [])
     expansion = collect_inputs(args, opts, reporter)
     preset = canonical_preset(opts.preset)
@@ -57,12 +62,16 @@ def run_command(job: Job, image_args: list[str] | None, opts: RunOptions) -> Exi
         reporter.info(f"Nothing to do: all {plural(len(expansion.paths), 'image')} are already {where}.")
         return ExitCode.ITEMS_FAILED if kept_failures else ExitCode.OK
 
-    model = load_model(preset, opts, reporter)
-    ctx = BatchContext(job, preset, opts.max_tokens or job.max_tokens, model)
-    counts = _run(todo, ctx, sink, sidecar, opts, reporter, text_mode=isinstance(sink, TextStream))
+    max_tokens = opts.max_tokens or job.max_tokens
+    text_mode = isinstance(sink, TextStream)
+    if opts.ray:
+        counts = _run_on_ray(todo, job, preset, max_tokens, sink, sidecar, opts, reporter, text_mode)
+    else:
+        model = load_model(preset, opts, reporter)
+        counts = _run(todo, BatchContext(job, preset, max_tokens, model), sink, sidecar, opts, reporter, text_mode)
     if counts.hit_limit:
         reporter.warn(
-            f"{plural(counts.hit_limit, 'output')} stopped at the token limit ({ctx.max_tokens}); raise --max-tokens for longer text"
+            f"{plural(counts.hit_limit, 'output')} stopped at the token limit ({max_tokens}); raise --max-tokens for longer text"
         )
     return ExitCode.ITEMS_FAILED if counts.failed or kept_failures else ExitCode.OK
 
@@ -211,9 +220,49 @@ def _run(
         prefetcher.close()
         sink.close()
 
-    seconds = clock.seconds
-    if interrupted:
-        raise Interrupted(f"stopped after {counts.done} of {plural(counts.total, 'image')}", hint=_resume_hint(opts))
+    _finish(counts, clock.seconds, signal.SIGINT if interrupted else None, opts, reporter, text_mode)
+    return counts
+
+
+def _run_on_ray(
+    todo: list[Path],
+    job: Job,
+    preset: str,
+    max_tokens: int,
+    sink: Sink,
+    sidecar: SidecarSpec | None,
+    opts: RunOptions,
+    reporter: Reporter,
+    text_mode: bool,
+) -> Counts:
+    """The same run on Ray workers (pali_cli.scale_out); records come back here to ``sink``."""
+    from pali_cli.scale_out import run_on_ray
+
+    counts = Counts(total=len(todo))
+    clock = Stopwatch()
+
+    def handle(record: Record) -> None:
+        sink.write(record)
+        _account(record, counts, sidecar, reporter, text_mode)
+
+    stdout_busy = isinstance(sink, (JsonlStream, TextStream)) and sys.stdout.isatty()
+    try:
+        stopped_by = run_on_ray(todo, job, preset, max_tokens, opts, reporter, handle, stdout_busy)
+    finally:
+        sink.close()
+    _finish(counts, clock.seconds, stopped_by, opts, reporter, text_mode)
+    return counts
+
+
+def _finish(
+    counts: Counts, seconds: float, stopped_by: int | None, opts: RunOptions, reporter: Reporter, text_mode: bool
+) -> None:
+    """The summary line, or (stopped by a signal) the exception that carries the resume hint."""
+    if stopped_by is not None:
+        error = Interrupted(f"stopped after {counts.done} of {plural(counts.total, 'image')}", hint=_resume_hint(opts))
+        if stopped_by == signal.SIGTERM:
+            error.exit_code = ExitCode.TERMINATED
+        raise error
     if counts.total > 1 or not text_mode:
         rate = counts.done / seconds if seconds > 0 else 0.0
         speed = f"{rate:.2f} img/s" if rate >= 1 else f"{seconds / max(counts.done, 1):.1f} s/img"
@@ -223,7 +272,6 @@ def _run(
         if opts.output:
             parts.append(f"results in {opts.output}")
         reporter.info("; ".join(parts))
-    return counts
 
 
 def _account(record: Record, counts: Counts, sidecar: SidecarSpec | None, reporter: Reporter, text_mode: bool) -> None:
