@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -92,6 +93,7 @@ def run_on_ray(
 ) -> int | None:
     """Runs ``todo`` on Ray; each new record goes to ``handle`` (the runner's writer) as it
     arrives. Returns None when every image has a record, or the signal that stopped the run."""
+    check_address(opts.ray or "local")
     ray, data = _import_ray()
     pool = Pool.from_options(opts)
     _connect(ray, opts.ray or "local", pool, reporter)
@@ -117,6 +119,20 @@ def _say_stopping(reporter: Reporter) -> None:
 
 
 # ---------------------------------------------------------------------------------- Ray session
+
+
+def check_address(address: str) -> None:
+    """A HOST:PORT where nothing answers fails now: Ray itself would retry for minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "local", "auto" (found by Ray) or a ray:// client address (Ray reports those quickly)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise PaliError(
+            f"cannot connect to Ray at {address}: {e.strerror or e}",
+            hint="Start the head node with 'ray start --head' (its address is printed), or use --ray local.",
+        ) from None
 
 
 def _connect(ray: Any, address: str, pool: Pool, reporter: Reporter) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 
 from engine.demo.shapes import write_samples
 from pali_cli.app import app
-from pali_cli.errors import ExitCode, ModelUnavailable
+from pali_cli.errors import ExitCode, ModelUnavailable, PaliError
 from pali_cli.jobs import detect_job
 from pali_cli.options import RunOptions
 from pali_cli.ray_worker import (
@@ -37,7 +38,7 @@ from pali_cli.ray_worker import (
     worker_options,
 )
 from pali_cli.records import Record
-from pali_cli.scale_out import StopSignals, _as_pali_error, _stream, unique
+from pali_cli.scale_out import StopSignals, _as_pali_error, _stream, check_address, unique
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,6 +92,16 @@ def test_help_shows_the_ray_options_and_never_imports_ray():
     assert out.stderr.strip().endswith("NO-RAY")
     for option in ("--ray", "--workers", "--worker-cpus", "--worker-gpus"):
         assert option in out.stdout
+
+
+def test_an_address_where_nothing_listens_fails_at_once():
+    with socket.socket() as probe:  # a port that was free a moment ago, on loopback only
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(PaliError, match=f"cannot connect to Ray at 127.0.0.1:{port}"):
+        check_address(f"127.0.0.1:{port}")
+    for not_checked in ("local", "auto", "ray://127.0.0.1:1"):
+        check_address(not_checked)  # no host:port to probe: Ray finds or reports those itself
 
 
 # ----------------------------------------------------------------------------- the worker class
