@@ -37,9 +37,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -66,9 +70,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -95,9 +103,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "--draw -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "--draw -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -126,9 +138,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "--masks-dir --draw --seg-decoder -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "--masks-dir --draw --seg-decoder -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -154,9 +170,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -182,9 +202,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi

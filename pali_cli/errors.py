@@ -30,6 +30,7 @@ class ExitCode(IntEnum):
     MODEL_UNAVAILABLE = 4  # the model could not be downloaded or found (auth, offline, 404)
     NO_INPUT = 5  # no image matched the given paths, directories or patterns
     INTERRUPTED = 130  # Ctrl-C; finished records are kept
+    TERMINATED = 143  # SIGTERM (128 + 15); finished records are kept
 
 
 class CliError(PaliError):
@@ -53,9 +54,14 @@ class Interrupted(CliError):
     """Ctrl-C stopped the run; finished records are kept."""
 
 
+class Terminated(Interrupted):
+    """SIGTERM stopped the run; finished records are kept."""
+
+
 # Every error kind -> its exit code. First match wins, so more specific kinds come first; an
 # error outside the table (a bug) exits with FAILURE too, with a traceback hint (app.PaliGroup).
 EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
+    (Terminated, ExitCode.TERMINATED),
     (Interrupted, ExitCode.INTERRUPTED),
     (NoInput, ExitCode.NO_INPUT),
     (UsageProblem, ExitCode.USAGE),
@@ -73,7 +79,21 @@ def exit_code_for(error: BaseException) -> ExitCode:
 
 
 def hint_for(error: BaseException) -> str | None:
-    """What to do about ``error`` at the command line, where the CLI knows better than the engine."""
+    """What to do about ``error`` at the command line, where the CLI knows better than the engine;
+    a note attached on the way (``add_cli_note``: that it happened on a Ray worker) follows."""
+    parts = [_kind_hint(error), getattr(error, _NOTE, None)]
+    return " ".join(p for p in parts if p) or None
+
+
+_NOTE = "_pali_cli_note"
+
+
+def add_cli_note(error: BaseException, note: str) -> None:
+    """Attach ``note`` to the hint ``hint_for`` gives (BaseException.add_note needs Python 3.11)."""
+    setattr(error, _NOTE, note)
+
+
+def _kind_hint(error: BaseException) -> str | None:
     if isinstance(error, CliError):
         return error.hint
     if isinstance(error, MaskDecoderError):

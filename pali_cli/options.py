@@ -24,6 +24,7 @@ from pali_cli.errors import UsageProblem
 from pali_cli.sidecar import OnExisting
 
 INPUT, OUTPUT, SIDECAR, MODEL, GENERATION = "Input", "Output", "Sidecar files", "Model", "Generation"
+SCALE_OUT = "Scale-out (Ray)"
 
 
 class Sampler(str, Enum):
@@ -269,6 +270,38 @@ TopP = Annotated[
     ),
 ]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.", rich_help_panel=GENERATION)]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="local|ADDRESS",
+        help="Run on Ray: 'local' starts a Ray runtime on this machine, an ADDRESS (auto, HOST:PORT, "
+        'ray://HOST:PORT) joins a cluster. Needs pip install "pali\\[ray]".',
+        rich_help_panel=SCALE_OUT,
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", help="Ray workers, each with its own copy of the model.  \\[default: 1]", rich_help_panel=SCALE_OUT
+    ),
+]
+WorkerCpus = Annotated[
+    float | None,
+    typer.Option(
+        "--worker-cpus",
+        help="CPUs reserved per Ray worker (fractions allowed); also its torch threads.  \\[default: 1]",
+        rich_help_panel=SCALE_OUT,
+    ),
+]
+WorkerGpus = Annotated[
+    float | None,
+    typer.Option(
+        "--worker-gpus",
+        help="GPUs reserved per Ray worker (fractions allowed).  \\[default: 0]",
+        rich_help_panel=SCALE_OUT,
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -300,8 +333,13 @@ class RunOptions:
     top_k: TopK = None
     top_p: TopP = None
     seed: Seed = None
+    ray: RayAddress = None
+    workers: Workers = None
+    worker_cpus: WorkerCpus = None
+    worker_gpus: WorkerGpus = None
 
     def __post_init__(self) -> None:
+        self._check_ray()
         if (self.overwrite or self.retry_failed) and self.output is None:
             flag = "--overwrite" if self.overwrite else "--retry-failed"
             raise UsageProblem(f"{flag} works on a results file; add -o FILE")
@@ -337,6 +375,29 @@ class RunOptions:
                 raise UsageProblem(
                     f"{', '.join(given)} only apply to sampling; drop them or pick --sampler top-k, top-p or random"
                 )
+
+    def _check_ray(self) -> None:
+        if self.ray is None:
+            given = [
+                flag
+                for flag, v in (
+                    ("--workers", self.workers),
+                    ("--worker-cpus", self.worker_cpus),
+                    ("--worker-gpus", self.worker_gpus),
+                )
+                if v is not None
+            ]
+            if given:
+                raise UsageProblem(f"{', '.join(given)} only apply to Ray workers; add --ray local or --ray ADDRESS")
+            return
+        if not self.ray.strip():
+            raise UsageProblem("--ray needs 'local' or a cluster address such as auto, HOST:PORT or ray://HOST:PORT")
+        if self.workers is not None and self.workers < 1:
+            raise UsageProblem(f"--workers must be at least 1, got {self.workers}")
+        if self.worker_cpus is not None and not self.worker_cpus > 0:
+            raise UsageProblem(f"--worker-cpus must be greater than 0, got {self.worker_cpus:g}")
+        if self.worker_gpus is not None and not self.worker_gpus >= 0:
+            raise UsageProblem(f"--worker-gpus must be 0 or more, got {self.worker_gpus:g}")
 
     def sampler_config(self) -> SamplerConfig:
         """The engine's sampler configuration, filled from the options. Explicit ``--sampler``

@@ -8,13 +8,14 @@ settled before the model is loaded, which takes seconds to minutes.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from pali_cli.batches import BatchContext, GracefulStop, ModelCalls, Prefetcher, process_batch
 from pali_cli.console import Reporter, Stopwatch, format_duration, plural
-from pali_cli.errors import ExitCode, Interrupted, NoInput, UsageProblem
+from pali_cli.errors import ExitCode, Interrupted, NoInput, Terminated, UsageProblem
 from pali_cli.inputs import Expansion, expand_inputs, expand_listed, image_extensions, is_pattern, merge, read_list_file
 from pali_cli.jobs import Job
 from pali_cli.model import canonical_preset, load_model
@@ -33,6 +34,10 @@ class Counts:
 
 def run_command(job: Job, image_args: list[str] | None, opts: RunOptions) -> ExitCode:
     reporter = Reporter(opts.quiet)
+    if opts.ray:
+        from pali_cli.scale_out import require_ray
+
+        require_ray()
     args = list(image_args or [])
     expansion = collect_inputs(args, opts, reporter)
     preset = canonical_preset(opts.preset)
@@ -63,12 +68,16 @@ def run_command(job: Job, image_args: list[str] | None, opts: RunOptions) -> Exi
         job.outputs.check_existing(todo)
     if job.prepare:
         job = job.prepare(job, opts, reporter)
-    model = load_model(preset, opts, reporter)
-    ctx = BatchContext(job, preset, opts.max_tokens or job.max_tokens, model)
-    counts = _run(todo, ctx, sink, sidecar, opts, reporter, text_mode=isinstance(sink, TextStream))
+    max_tokens = opts.max_tokens or job.max_tokens
+    text_mode = isinstance(sink, TextStream)
+    if opts.ray:
+        counts = _run_on_ray(todo, job, preset, max_tokens, sink, sidecar, opts, reporter, text_mode)
+    else:
+        model = load_model(preset, opts, reporter)
+        counts = _run(todo, BatchContext(job, preset, max_tokens, model), sink, sidecar, opts, reporter, text_mode)
     if counts.hit_limit:
         reporter.warn(
-            f"{plural(counts.hit_limit, 'output')} stopped at the token limit ({ctx.max_tokens}); "
+            f"{plural(counts.hit_limit, 'output')} stopped at the token limit ({max_tokens}); "
             "raise --max-tokens for longer text"
         )
     return ExitCode.ITEMS_FAILED if counts.failed or kept_failures else ExitCode.OK
@@ -220,9 +229,48 @@ def _run(
         prefetcher.close()
         sink.close()
 
-    seconds = clock.seconds
-    if interrupted:
-        raise Interrupted(f"stopped after {counts.done} of {plural(counts.total, 'image')}", hint=_resume_hint(opts))
+    _finish(counts, clock.seconds, signal.SIGINT if interrupted else None, opts, reporter, text_mode)
+    return counts
+
+
+def _run_on_ray(
+    todo: list[Path],
+    job: Job,
+    preset: str,
+    max_tokens: int,
+    sink: Sink,
+    sidecar: SidecarSpec | None,
+    opts: RunOptions,
+    reporter: Reporter,
+    text_mode: bool,
+) -> Counts:
+    """The same run on Ray workers (pali_cli.scale_out); records come back here to ``sink``."""
+    from pali_cli.scale_out import run_on_ray
+
+    counts = Counts(total=len(todo))
+    clock = Stopwatch()
+
+    def handle(record: Record) -> None:
+        record = _write_outputs(job, record)  # on the driver, like the records and sidecars
+        sink.write(record)
+        _account(record, counts, sidecar, reporter, text_mode)
+
+    stdout_busy = isinstance(sink, (JsonlStream, TextStream)) and sys.stdout.isatty()
+    try:
+        stopped_by = run_on_ray(todo, job, preset, max_tokens, opts, reporter, handle, stdout_busy)
+    finally:
+        sink.close()
+    _finish(counts, clock.seconds, stopped_by, opts, reporter, text_mode)
+    return counts
+
+
+def _finish(
+    counts: Counts, seconds: float, stopped_by: int | None, opts: RunOptions, reporter: Reporter, text_mode: bool
+) -> None:
+    """The summary line, or (stopped by a signal) the exception that carries the resume hint."""
+    if stopped_by is not None:
+        kind = Terminated if stopped_by == signal.SIGTERM else Interrupted
+        raise kind(f"stopped after {counts.done} of {plural(counts.total, 'image')}", hint=_resume_hint(opts))
     if counts.total > 1 or not text_mode:
         rate = counts.done / seconds if seconds > 0 else 0.0
         speed = f"{rate:.2f} img/s" if rate >= 1 else f"{seconds / max(counts.done, 1):.1f} s/img"
@@ -232,7 +280,6 @@ def _run(
         if opts.output:
             parts.append(f"results in {opts.output}")
         reporter.info("; ".join(parts))
-    return counts
 
 
 def _write_outputs(job: Job, record: Record) -> Record:
