@@ -123,7 +123,7 @@ class PaliGemmaCausalLM:
         if not live:
             return out
         generator = make_generator(self.sampler.seed, self.device)
-        vocab = self.preprocessor.tokenizer.vocabulary_size if self.preprocessor else None
+        vocab = self.preprocessor.tokenizer.vocabulary_size() if self.preprocessor else None
         new = generate_tokens(
             self.backbone,
             pixel_values[live].to(self.device),
