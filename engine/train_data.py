@@ -46,11 +46,7 @@ def prepare_batch(
     prefixes, suffixes = list(prefixes), list(suffixes)
     if len(prefixes) != len(suffixes):
         raise InputError(f"got {len(prefixes)} prefixes for {len(suffixes)} suffixes; give one suffix per prefix")
-    size = preprocessor.image_size
-    if isinstance(images, torch.Tensor) and images.ndim == 4 and tuple(images.shape[1:]) == (3, size, size):
-        pixel_values = images.float()
-    else:
-        pixel_values = preprocessor.preprocess_images(images if not isinstance(images, tuple) else list(images))
+    pixel_values = preprocessor.pixel_values(images)
     if pixel_values.shape[0] != len(prefixes):
         raise InputError(f"got {pixel_values.shape[0]} images for {len(prefixes)} prefixes; give one image per example")
     encoded = [preprocessor.encode_example(p, s) for p, s in zip(prefixes, suffixes, strict=True)]

@@ -168,9 +168,10 @@ def test_bundled_demo_model_loads_in_transformers(tmp_path):
     from transformers import PaliGemmaForConditionalGeneration
 
     model = PaliGemmaForConditionalGeneration.from_pretrained(DEMO_DIR, attn_implementation="eager").eval()
-    assert model.config.image_token_id == lm.preprocessor.tokenizer.vocabulary_size()
-    pixels = lm.preprocessor.preprocess_images([_image(0)])
-    text = torch.tensor([lm.preprocessor.encode_prompt("caption en")])
+    pre = lm.preprocessor
+    assert pre is not None and model.config.image_token_id == pre.tokenizer.vocabulary_size()
+    pixels = pre.preprocess_images([_image(0)])
+    text = torch.tensor([pre.encode_prompt("caption en")])
     n_img = lm.backbone.num_image_tokens
     ids = torch.cat([torch.full((1, n_img), model.config.image_token_id), text], dim=1)
     with torch.no_grad():
