@@ -45,6 +45,11 @@ class Completion:
 
 class PaliGemmaCausalLM:
     def __init__(self, backbone: PaliGemmaBackbone, preprocessor: PaliGemmaCausalLMPreprocessor | None = None):
+        if isinstance(backbone, PaliGemmaCausalLMPreprocessor) or isinstance(preprocessor, PaliGemmaBackbone):
+            raise TypeError(
+                "PaliGemmaCausalLM takes (backbone, preprocessor), keras-hub's takes (preprocessor, backbone): "
+                "pass them by keyword, PaliGemmaCausalLM(backbone=..., preprocessor=...)"
+            )
         self.backbone = backbone
         self.preprocessor = preprocessor  # takes the backbone's image size (see the setter)
         self.sampler: Sampler = GreedySampler()
@@ -267,7 +272,8 @@ class PaliGemmaCausalLM:
     # ------------------------------------------------------------------ training
 
     def fit(self, dataset: Any, **options: Any):
-        """Train on ``{"images", "prefixes", "suffixes"}`` data, keras-hub style:
+        """Train on ``{"images", "prefixes", "suffixes"}`` data (or keras-hub's ``"prompts"`` and
+        ``"responses"``), keras-hub style:
         ``lm.fit(data, epochs=2, batch_size=8, learning_rate=1e-4)``. Options and dataset forms are
         documented in engine.train; returns its TrainHistory."""
         from engine.train import fit

@@ -179,6 +179,8 @@ def test_preprocessor_takes_the_image_size_from_the_backbone_it_is_attached_to(l
     assert pre.image_size == SPEC.image_size and attached.preprocessor is pre
     args = ({"images": _image(), "text": "caption en"},)
     assert attached.generate(*args, max_length=16) == lm.generate(*args, max_length=16)
+    with pytest.raises(TypeError, match="by keyword"):
+        PaliGemmaCausalLM(pre, lm.backbone)  # keras-hub's positional order
     wrong = PaliGemmaCausalLMPreprocessor(tokenizer, image_size=SPEC.image_size * 2)
     with pytest.raises(InputError, match=rf"image_size {SPEC.image_size * 2}.*{SPEC.image_size}"):
         PaliGemmaCausalLM(lm.backbone, wrong)
