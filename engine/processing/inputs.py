@@ -86,8 +86,8 @@ def _prompts(x: Mapping[str, Any], caller: str) -> str | list[str]:
     if isinstance(prompts, str):
         return prompts
     prompt_list = list(prompts)
-    if not all(isinstance(p, str) for p in prompt_list):
-        raise InputError(f"{caller}: prompts must be strings, got {[type(p).__name__ for p in prompt_list]}")
+    if not all(isinstance(p, str) for p in prompt_list):  # a wrong type, not a bad value (engine.errors)
+        raise TypeError(f"{caller}: prompts must be strings, got {[type(p).__name__ for p in prompt_list]}")
     return prompt_list
 
 
