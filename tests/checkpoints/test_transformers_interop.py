@@ -179,6 +179,9 @@ def test_bundled_demo_model_loads_in_transformers(tmp_path):
         ours = lm.backbone(pixels, text)[0]
     assert (theirs - ours).abs().max().item() <= 1e-4
     _assert_same_as_transformers(lm, saved)  # and through transformers' processor
+    for name in ("tokenizer_config.json", "preprocessor_config.json"):  # the bundled ones are the saver's
+        assert json.loads((DEMO_DIR / name).read_text()) == json.loads((saved / name).read_text()), name
+    _assert_same_as_transformers(lm, DEMO_DIR)  # so the bundled directory works with the processor too
 
 
 def test_config_json_has_every_released_field(checkpoints, spec):
