@@ -42,9 +42,52 @@ def compare(reference, logits) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def _greedy(modes: list, checkpoint: Path, new_tokens: int, ids: list[int]) -> dict[tuple, list[int]]:
+    """Row 0's greedy tokens per (side, mode)."""
+    tokens = {}
+    for side, mode in modes:
+        result = run_worker(side, checkpoint, mode, 1, new_tokens, ids)
+        if "error" in result:
+            raise SystemExit(f"{side} {mode}: {result['error']}")
+        tokens[(side, mode)] = result["tokens"][0]
+    return tokens
+
+
+def _teacher_forced(modes: list, checkpoint: Path, new_tokens: int, ids: list[int], ref: list[int]) -> dict:
+    """Each side's logits at every position of ``ref`` (our fp32 greedy tokens), fed as given."""
     import torch
 
+    logits = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        score = Path(tmp) / "tokens.json"
+        score.write_text(json.dumps(ref))
+        for side, mode in modes:
+            dump = Path(tmp) / f"{side}-{mode}.pt"
+            extra = ["--score", str(score), "--dump", str(dump)]
+            result = run_worker(side, checkpoint, mode, 1, new_tokens, ids, extra=extra)
+            if "error" in result:
+                raise SystemExit(f"{side} {mode} (scoring): {result['error']}")
+            logits[(side, mode)] = torch.load(dump)
+    return logits
+
+
+def _print_table(summary: dict, names: list[str]) -> None:
+    print(
+        "| mode | greedy: leading tokens equal | greedy: tokens equal | logit cosine mean | min "
+        "| top-1 agreement (teacher-forced) | max abs diff |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        g, t = summary["greedy"][name], summary["teacher_forced"][name]
+        print(
+            f"| {name} | {g['leading_equal']}/{g['of']} | {g['equal']}/{g['of']} "
+            f"| {t['cosine_mean']:.6f} | {t['cosine_min']:.6f} | "
+            f"{t['top1_agreement']:.3f} | {t['max_abs_diff']:.2e} |"
+        )
+    print(f"\nlogit std (our fp32): {summary['teacher_forced']['ours fp32']['logit_std']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="pali_gemma_3b_224")
     parser.add_argument("--checkpoint", type=Path, default=None)
@@ -61,50 +104,19 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {' '.join(f'{s}:{m}' for s, m in MODES)}")
     checkpoint = args.checkpoint or build(args.preset, args.root)
     ids = prompt_ids(checkpoint)
-    tokens = {}
-    for side, mode in modes:
-        result = run_worker(side, checkpoint, mode, 1, args.new_tokens, ids)
-        if "error" in result:
-            raise SystemExit(f"{side} {mode}: {result['error']}")
-        tokens[(side, mode)] = result["tokens"][0]
+    tokens = _greedy(modes, checkpoint, args.new_tokens, ids)
     ref = tokens[("ours", "fp32")]
-    summary = {"preset": args.preset, "checkpoint": str(checkpoint), "greedy": {}, "teacher_forced": {}}
+    summary: dict = {"preset": args.preset, "checkpoint": str(checkpoint), "greedy": {}, "teacher_forced": {}}
     for (side, mode), toks in tokens.items():
-        lead = next((i for i, (a, b) in enumerate(zip(ref, toks)) if a != b), len(ref))
-        summary["greedy"][f"{side} {mode}"] = {
-            "leading_equal": lead,
-            "equal": sum(a == b for a, b in zip(ref, toks)),
-            "of": len(ref),
-        }
-    with tempfile.TemporaryDirectory() as tmp:
-        score = Path(tmp) / "tokens.json"
-        score.write_text(json.dumps(ref))
-        logits = {}
-        for side, mode in modes:
-            dump = Path(tmp) / f"{side}-{mode}.pt"
-            result = run_worker(
-                side, checkpoint, mode, 1, args.new_tokens, ids, extra=["--score", str(score), "--dump", str(dump)]
-            )
-            if "error" in result:
-                raise SystemExit(f"{side} {mode} (scoring): {result['error']}")
-            logits[(side, mode)] = torch.load(dump)
-    reference = logits[("ours", "fp32")]
+        lead = next((i for i, (a, b) in enumerate(zip(ref, toks, strict=False)) if a != b), len(ref))
+        equal = sum(a == b for a, b in zip(ref, toks, strict=False))
+        summary["greedy"][f"{side} {mode}"] = {"leading_equal": lead, "equal": equal, "of": len(ref)}
+    logits = _teacher_forced(modes, checkpoint, args.new_tokens, ids, ref)
     for key, value in logits.items():
-        summary["teacher_forced"][" ".join(key)] = compare(reference, value)
+        summary["teacher_forced"][" ".join(key)] = compare(logits[("ours", "fp32")], value)
     print(json.dumps(summary))
     print(f"\n{args.preset}: against our fp32 model, {len(ref)} generated tokens\n")
-    print(
-        "| mode | greedy: leading tokens equal | greedy: tokens equal | logit cosine mean | min | top-1 agreement (teacher-forced) | max abs diff |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for key in logits:
-        name = " ".join(key)
-        g, t = summary["greedy"][name], summary["teacher_forced"][name]
-        print(
-            f"| {name} | {g['leading_equal']}/{g['of']} | {g['equal']}/{g['of']} | {t['cosine_mean']:.6f} | {t['cosine_min']:.6f} | "
-            f"{t['top1_agreement']:.3f} | {t['max_abs_diff']:.2e} |"
-        )
-    print(f"\nlogit std (our fp32): {summary['teacher_forced']['ours fp32']['logit_std']:.4f}")
+    _print_table(summary, [" ".join(key) for key in logits])
 
 
 if __name__ == "__main__":

@@ -21,20 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 import torch
 
+from engine.checkpoints.names import hub_name
+
 DEFAULT_PRESETS = ("pali_gemma_3b_224", "pali_gemma2_pt_3b_224")
 SHARD_BYTES = 2 * 1024**3  # the PaliGemma 1 converter's max_shard_size
-# transformers 5 in-memory names -> released hub names (spec §9.4)
-HUB_NAMES = (
-    (r"^model\.vision_tower\.(?!vision_model\.)", "vision_tower.vision_model."),
-    (r"^model\.language_model\.", "language_model.model."),
-    (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
-)
 
 
 def default_root() -> Path:
@@ -45,10 +40,12 @@ def checkpoint_dir(preset: str, root: Path | None = None, fp32: bool = False) ->
     return (root or default_root()) / (preset + ("-fp32" if fp32 else ""))
 
 
-def hub_name(name: str) -> str:
-    for pattern, repl in HUB_NAMES:
-        name = re.sub(pattern, repl, name)
-    return name
+def released_name(name: str) -> str:
+    """A transformers parameter name -> the released Hub naming (engine.checkpoints.names' table)."""
+    hub = hub_name(name)
+    if hub is None:
+        raise KeyError(f"{name}: no row of engine.checkpoints.names.NAMES matches this transformers parameter")
+    return hub
 
 
 def reference_shapes(config: dict) -> dict[str, tuple[int, ...]]:
@@ -58,7 +55,7 @@ def reference_shapes(config: dict) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         model = PaliGemmaForConditionalGeneration(PaliGemmaConfig(**config))
-    return {hub_name(n): tuple(p.shape) for n, p in model.named_parameters()}
+    return {released_name(n): tuple(p.shape) for n, p in model.named_parameters()}
 
 
 def draw(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -81,7 +78,9 @@ def draw(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch
 
 
 def _shards(shapes: dict[str, tuple[int, ...]], element_size: int) -> list[list[str]]:
-    shards, current, size = [], [], 0
+    shards: list[list[str]] = []
+    current: list[str] = []
+    size = 0
     for name, shape in shapes.items():
         nbytes = element_size
         for d in shape:

@@ -100,7 +100,8 @@ def measure(rows_list=ROWS) -> list[dict]:
             for name, (nbytes, weights, fn) in table.items():
                 if name.startswith("bf16 F.linear") and rows > 64:
                     continue  # emulated bf16 GEMM: ~1 s per call, known to lose
-                t = _median_s(lambda: [fn(xf, xb, w) for w in weights]) / len(weights)
+                t = _median_s(lambda fn=fn, xf=xf, xb=xb, weights=weights: [fn(xf, xb, w) for w in weights])
+                t /= len(weights)
                 out.append(
                     {
                         "kernel": name,
@@ -127,7 +128,8 @@ def main() -> None:
     print("\n| kernel | shape | rows | ms per weight | weight GB/s | GFLOP/s |\n|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['kernel']} | {r['shape']} | {r['rows']} | {r['ms']:.2f} | {r['GBps']:.1f} | {r.get('GFLOPs', 0):.1f} |"
+            f"| {r['kernel']} | {r['shape']} | {r['rows']} | {r['ms']:.2f} | {r['GBps']:.1f} "
+            f"| {r.get('GFLOPs', 0):.1f} |"
         )
 
 

@@ -34,7 +34,7 @@ class Report:
     """A markdown file rewritten after every step."""
 
     def __init__(self, path: Path):
-        self.path, self.parts = path, []
+        self.path, self.parts = path, list[str]()
         self.t0 = time.perf_counter()
 
     def add(self, title: str, body: str, seconds: float | None = None) -> None:
@@ -70,6 +70,11 @@ def machine(device: str) -> str:
     return "\n".join(lines)
 
 
+def _text(output: bytes | str | None) -> str:
+    """What a timed-out process wrote (bytes even with text=True, or None)."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
 def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> tuple[int, str]:
     try:
         proc = subprocess.run(
@@ -77,7 +82,7 @@ def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600
         )
         return proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
-        return -1, f"timed out after {timeout:.0f} s\n{e.stdout or ''}{e.stderr or ''}"
+        return -1, f"timed out after {timeout:.0f} s\n{_text(e.stdout)}{_text(e.stderr)}"
 
 
 def parity(device: str) -> tuple[bool, str]:

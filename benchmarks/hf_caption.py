@@ -9,6 +9,7 @@ it, transformers' tied head copies the 1 GB embedding on every prefill (PERF_NOT
 """
 
 import sys
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
@@ -22,11 +23,12 @@ max_new_tokens = int(sys.argv[4]) if len(sys.argv) > 4 else 32
 
 model = PaliGemmaForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype)
 sp = spm.SentencePieceProcessor(model_file=f"{checkpoint}/tokenizer.model")
-size = model.config.vision_config.image_size
-img = Image.open(image).convert("RGB").resize((size, size), Image.BICUBIC)
+config: Any = model.config  # transformers types sub-configs loosely
+size = config.vision_config.image_size
+img = Image.open(image).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
 pixels = torch.from_numpy(np.asarray(img, np.float32).transpose(2, 0, 1)[None] / 127.5 - 1).to(dtype)
-n_img = (size // model.config.vision_config.patch_size) ** 2
-ids = [model.config.image_token_id] * n_img + [sp.bos_id()] + sp.encode("caption en") + [sp.piece_to_id("\n")]
+n_img = (size // config.vision_config.patch_size) ** 2
+ids = [config.image_token_id] * n_img + [sp.bos_id()] + sp.encode("caption en") + [sp.piece_to_id("\n")]
 input_ids = torch.tensor([ids])
 out = model.generate(
     input_ids=input_ids,

@@ -75,7 +75,7 @@ def commands(checkpoint: Path, image: Path, dtype: str, quantize: str | None, to
     return {"ours": ours, "hf": hf}
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="pali_gemma_3b_224")
     parser.add_argument("--checkpoint", type=Path, default=None, help="an existing checkpoint instead of --preset")
@@ -84,7 +84,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--root", type=Path, default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _report(results: dict[str, list[float]], dtypes: list[str], quantize: str | None) -> None:
+    print("\n| what | runs | median wall s |\n|---|---|---|")
+    for name, walls in results.items():
+        print(f"| {name} | {len(walls)} | {statistics.median(walls):.2f} |")
+    for dtype in dtypes:
+        o, h = results.get(f"ours {dtype}"), results.get(f"hf {dtype}")
+        if o and h:
+            print(f"ratio ours/transformers, {dtype}: {statistics.median(o) / statistics.median(h):.2f}x")
+        q = results.get(f"ours {dtype} {quantize}") if quantize else None
+        if q and h:
+            print(f"ratio ours {quantize}/transformers {dtype}: {statistics.median(q) / statistics.median(h):.2f}x")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     checkpoint = args.checkpoint or build(args.preset, args.root)
     image = test_image(args.root or default_root())
     results: dict[str, list[float]] = {}
@@ -110,24 +127,13 @@ def main(argv: list[str] | None = None) -> None:
             jobs[f"ours {dtype} {args.quantize}"] = commands(checkpoint, image, dtype, args.quantize, args.new_tokens)[
                 "ours"
             ]
-    for name, cmd in jobs.items():  # warm the page cache (and the quantized cache) untimed
+    for cmd in jobs.values():  # warm the page cache (and the quantized cache) untimed
         timed(cmd)
     names = list(jobs)
     for r in range(args.runs):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             record(name, timed(jobs[name]))
-    print("\n| what | runs | median wall s |\n|---|---|---|")
-    for name, walls in results.items():
-        print(f"| {name} | {len(walls)} | {statistics.median(walls):.2f} |")
-    for dtype in args.dtypes:
-        o, h = results.get(f"ours {dtype}"), results.get(f"hf {dtype}")
-        if o and h:
-            print(f"ratio ours/transformers, {dtype}: {statistics.median(o) / statistics.median(h):.2f}x")
-        q = results.get(f"ours {dtype} {args.quantize}") if args.quantize else None
-        if q and h:
-            print(
-                f"ratio ours {args.quantize}/transformers {dtype}: {statistics.median(q) / statistics.median(h):.2f}x"
-            )
+    _report(results, args.dtypes, args.quantize)
 
 
 if __name__ == "__main__":

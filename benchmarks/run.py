@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -131,95 +132,89 @@ def jobs_for(modes: list[str]) -> list[tuple[str, str]]:
     return jobs
 
 
+def _append(out: Path, record: dict) -> None:
+    with open(out, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _quantize_warmup(out: Path, preset: str, checkpoint: Path, ids: list[int], mode: str, device: str) -> None:
+    """The first quantized load quantizes and fills the cache: timed apart from the runs."""
+    result = run_worker("ours", checkpoint, mode, 1, 1, ids, device=device)
+    _append(
+        out,
+        {
+            "preset": preset,
+            "side": "ours",
+            "mode": mode,
+            "batch": 1,
+            "warmup": True,
+            "first_quantize_load_s": result.get("load_s"),
+            **result,
+        },
+    )
+
+
+def _measure(args, out: Path, preset: str, checkpoint: Path, ids: list[int], r: int, batch: int, job: tuple) -> None:
+    side, mode = job
+    if args.cold and r == 0:
+        evict(checkpoint)
+    load_before = wait_for_quiet(args.quiet_load)
+    result = run_worker(side, checkpoint, mode, batch, args.new_tokens, ids, device=args.device, warmup=args.warmup)
+    common = {"preset": preset, "side": side, "mode": mode, "batch": batch, "run": r}
+    extra = {"cold": bool(args.cold and r == 0), "new_tokens": args.new_tokens, "prompt_tokens": len(ids)}
+    loads = {"device": args.device, "load_before": load_before, "load_after": load_average()}
+    _append(out, {**common, **extra, **loads, **result})
+    brief = {k: round(v, 3) for k, v in result.items() if k in METRICS}
+    error = {"error": result["error"]} if "error" in result else {}
+    load = {"load": [round(load_before, 2), round(loads["load_after"], 2)]}
+    print(json.dumps({**common, **brief, **load, **error}), flush=True)
+
+
 def run(args) -> Path:
     out = args.out or default_root() / f"results-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    targets = [(Path(c).name, Path(c)) for c in args.checkpoint] or [(p, None) for p in args.presets]
-    for preset, checkpoint in targets:
-        checkpoint = checkpoint or build(preset, args.root)
+    targets: list[tuple[str, Path | None]] = [(Path(c).name, Path(c)) for c in args.checkpoint]
+    targets = targets or [(p, None) for p in args.presets]
+    for preset, given in targets:
+        checkpoint = given or build(preset, args.root)
         ids = prompt_ids(checkpoint)
         jobs = jobs_for(args.modes)
-        for mode in (m for m in args.modes if m in QUANTIZED):  # the first load quantizes and fills the cache
-            result = run_worker("ours", checkpoint, mode, 1, 1, ids, device=args.device)
-            warm = {"preset": preset, "side": "ours", "mode": mode, "batch": 1, "warmup": True}
-            with open(out, "a") as f:
-                f.write(json.dumps({**warm, "first_quantize_load_s": result.get("load_s"), **result}) + "\n")
+        for mode in (m for m in args.modes if m in QUANTIZED):
+            _quantize_warmup(out, preset, checkpoint, ids, mode, args.device)
         for r in range(args.runs):
             for batch in args.batches:
-                rotated = jobs[r % len(jobs) :] + jobs[: r % len(jobs)]
-                for side, mode in rotated:
-                    if args.cold and r == 0:
-                        evict(checkpoint)
-                    load_before = wait_for_quiet(args.quiet_load)
-                    result = run_worker(
-                        side, checkpoint, mode, batch, args.new_tokens, ids, device=args.device, warmup=args.warmup
-                    )
-                    record = {
-                        "preset": preset,
-                        "side": side,
-                        "mode": mode,
-                        "batch": batch,
-                        "run": r,
-                        "cold": bool(args.cold and r == 0),
-                        "new_tokens": args.new_tokens,
-                        "prompt_tokens": len(ids),
-                        "device": args.device,
-                        "load_before": load_before,
-                        "load_after": load_average(),
-                        **result,
-                    }
-                    with open(out, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    brief = {k: round(v, 3) for k, v in result.items() if k in METRICS}
-                    print(
-                        json.dumps(
-                            {
-                                "preset": preset,
-                                "side": side,
-                                "mode": mode,
-                                "batch": batch,
-                                "run": r,
-                                **brief,
-                                "load": [round(load_before, 2), round(record["load_after"], 2)],
-                                **({"error": result["error"]} if "error" in result else {}),
-                            }
-                        ),
-                        flush=True,
-                    )
+                for job in jobs[r % len(jobs) :] + jobs[: r % len(jobs)]:  # rotated: drift hits both sides
+                    _measure(args, out, preset, checkpoint, ids, r, batch, job)
     return out
 
 
 # ------------------------------------------------------------------------------------- summary
 
 
-def _median(records: list[dict], key: str) -> float | None:
+def _median(records: list[dict], key: str) -> float:
+    """The median of ``key`` over the records that have it; nan when none has (prints as "nan")."""
     values = [r[key] for r in records if key in r]
-    return statistics.median(values) if values else None
+    return statistics.median(values) if values else math.nan
 
 
-def summarize(path: Path) -> str:
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    ok = [r for r in records if "error" not in r and not r.get("cold") and not r.get("warmup")]
-    groups: dict[tuple, list[dict]] = {}
-    for r in ok:
-        groups.setdefault((r["preset"], r["batch"], r["side"], r["mode"]), []).append(r)
+def _median_lines(groups: dict[tuple, list[dict]]) -> list[str]:
     lines = [
-        "",
-        f"Medians ({path}):",
-        "",
-        "| preset | batch | side | mode | runs | TTFT s | decode ms/tok | images/s | load s | import s | peak RSS GiB | weights GiB |",
+        "| preset | batch | side | mode | runs | TTFT s | decode ms/tok | images/s | load s | import s "
+        "| peak RSS GiB | weights GiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (preset, batch, side, mode), rs in sorted(groups.items()):
         m = {k: _median(rs, k) for k in METRICS}
         lines.append(
-            f"| {preset} | {batch} | {side} | {mode} | {len(rs)} | {m['ttft_s']:.2f} | {m['decode_ms_per_token']:.0f} | "
-            f"{m['images_per_s']:.4f} | {m['load_s']:.2f} | {m['import_s']:.2f} | {m['peak_rss_gib']:.2f} | {m['weight_gib']:.2f} |"
+            f"| {preset} | {batch} | {side} | {mode} | {len(rs)} | {m['ttft_s']:.2f} "
+            f"| {m['decode_ms_per_token']:.0f} | {m['images_per_s']:.4f} | {m['load_s']:.2f} | {m['import_s']:.2f} "
+            f"| {m['peak_rss_gib']:.2f} | {m['weight_gib']:.2f} |"
         )
-    lines += [
-        "",
-        "Ratios, ours / transformers (TTFT and RSS: lower is better; decode and images/s are speed-ups):",
-        "",
+    return lines
+
+
+def _ratio_lines(groups: dict[tuple, list[dict]]) -> list[str]:
+    lines = [
         "| preset | batch | ours | vs transformers | TTFT | decode speed-up | images/s | peak RSS | load+TTFT |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -232,22 +227,26 @@ def summarize(path: Path) -> str:
                 continue
             o = {k: _median(rs, k) for k in METRICS}
             h = {k: _median(ref, k) for k in METRICS}
-            first_o = _median(rs, "load_s") + o["ttft_s"]
-            first_h = _median(ref, "load_s") + h["ttft_s"]
+            first_o, first_h = o["load_s"] + o["ttft_s"], h["load_s"] + h["ttft_s"]
             lines.append(
                 f"| {preset} | {batch} | {mode} | {ref_mode} | {o['ttft_s'] / h['ttft_s']:.2f}x | "
-                f"{h['decode_ms_per_token'] / o['decode_ms_per_token']:.2f}x | {o['images_per_s'] / h['images_per_s']:.2f}x | "
+                f"{h['decode_ms_per_token'] / o['decode_ms_per_token']:.2f}x "
+                f"| {o['images_per_s'] / h['images_per_s']:.2f}x | "
                 f"{o['peak_rss_gib'] / h['peak_rss_gib']:.2f}x | {first_o / first_h:.2f}x |"
             )
-    gpu = [(key, _median(rs, "peak_gpu_gib")) for key, rs in sorted(groups.items()) if _median(rs, "peak_gpu_gib")]
+    return lines
+
+
+def _other_lines(records: list[dict]) -> list[str]:
+    """Peak GPU memory, machine load, cold runs, first quantized loads and errors."""
+    lines = []
+    gpu = [r for r in records if "peak_gpu_gib" in r and not r.get("warmup")]
     if gpu:
         lines += ["", "Peak GPU memory (torch's peak allocation), GiB:", ""]
-        lines += [f"- {p} batch {b} {side} {mode}: {v:.2f}" for (p, b, side, mode), v in gpu]
-    loads = [r[k] for r in ok for k in ("load_before", "load_after") if k in r]
+        lines += [f"- {r['preset']} batch {r['batch']} {r['side']} {r['mode']}: {r['peak_gpu_gib']:.2f}" for r in gpu]
+    loads = [r[k] for r in records for k in ("load_before", "load_after") if k in r]
     if loads:
         lines += ["", f"1-minute load average around the measured processes: {min(loads):.2f}-{max(loads):.2f}"]
-    lines += ["", "Top-1 parity of the greedy tokens (row 0, every run), ours vs transformers in the same dtype:", ""]
-    lines += parity_lines(ok)
     cold = [r for r in records if r.get("cold") and "error" not in r]
     if cold:
         lines += ["", "Cold-ish first run (checkpoint evicted from the page cache): load s / TTFT s", ""]
@@ -262,7 +261,21 @@ def summarize(path: Path) -> str:
     ]
     errors = [r for r in records if "error" in r]
     lines += [f"- ERROR {r['preset']} {r['side']} {r['mode']} batch {r['batch']}: {r['error']}" for r in errors]
-    return "\n".join(lines)
+    return lines
+
+
+def summarize(path: Path) -> str:
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ok = [r for r in records if "error" not in r and not r.get("cold") and not r.get("warmup")]
+    groups: dict[tuple, list[dict]] = {}
+    for r in ok:
+        groups.setdefault((r["preset"], r["batch"], r["side"], r["mode"]), []).append(r)
+    lines = ["", f"Medians ({path}):", "", *_median_lines(groups)]
+    lines += ["", "Ratios, ours / transformers (TTFT and RSS: lower is better; decode and images/s are speed-ups):", ""]
+    lines += _ratio_lines(groups)
+    lines += ["", "Top-1 parity of the greedy tokens (row 0, every run), ours vs transformers in the same dtype:", ""]
+    lines += parity_lines(ok)
+    return "\n".join(lines + _other_lines(records))
 
 
 def parity_lines(records: list[dict]) -> list[str]:
@@ -278,12 +291,13 @@ def parity_lines(records: list[dict]) -> list[str]:
         theirs = {tuple(r["tokens"][0]) for r in sides["hf"]}
         if len(ours) > 1 or len(theirs) > 1:
             lines.append(
-                f"- {preset} {mode}: runs disagree with themselves ({len(ours)} ours / {len(theirs)} transformers variants)"
+                f"- {preset} {mode}: runs disagree with themselves "
+                f"({len(ours)} ours / {len(theirs)} transformers variants)"
             )
         a, b = next(iter(ours)), next(iter(theirs))
         ra = next(r for r in sides["ours"] if tuple(r["tokens"][0]) == a)
         rb = next(r for r in sides["hf"] if tuple(r["tokens"][0]) == b)
-        step = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        step = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
         if step is None:
             lines.append(f"- {preset} {mode}: identical, {len(a)}/{len(b)} tokens")
             continue

@@ -25,6 +25,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 NUM_TOP = 5  # per-step top logits of row 0, to explain any divergence between the two sides
 
@@ -69,7 +70,7 @@ def _device_memory(device: str) -> dict:
 
 def _top(logits) -> list:
     values, ids = logits.float().topk(NUM_TOP)
-    return [[int(i), round(float(v), 4)] for i, v in zip(ids, values)]
+    return [[int(i), round(float(v), 4)] for i, v in zip(ids, values, strict=True)]
 
 
 def run_ours(args, t_start: float) -> dict:
@@ -106,7 +107,7 @@ def run_ours(args, t_start: float) -> dict:
     t0 = time.perf_counter()
     for rows, new in stream_tokens(backbone, pixels, prompts, [args.new_tokens] * args.batch, sample):
         stamps.append(time.perf_counter())
-        for row, token in zip(rows, new.tolist()):
+        for row, token in zip(rows, new, strict=True):
             tokens[row].append(token)
     return _timings(args, t_start, t_import, t_load, t0, stamps, tokens, tops, weight_bytes(backbone))
     # (the stamps are taken after new.tolist(), which waits for the device)
@@ -159,9 +160,10 @@ def run_hf(args, t_start: float) -> dict:
 
     t_import = time.perf_counter()
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
-    model, info = PaliGemmaForConditionalGeneration.from_pretrained(
+    loaded: Any = PaliGemmaForConditionalGeneration.from_pretrained(
         args.checkpoint, dtype=dtype, output_loading_info=True
     )
+    model, info = loaded  # (model, loading info) with output_loading_info=True
     missing = [m for m in info.get("missing_keys", ()) if "lm_head" not in m]  # the head is tied
     if missing or info.get("unexpected_keys") or info.get("mismatched_keys"):
         raise SystemExit(

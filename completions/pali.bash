@@ -37,9 +37,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -66,15 +70,20 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
             ;;
         "detect")
             case "$prev" in
+                --draw) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --files-from) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 -o|--output) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --sidecar-ext) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
@@ -94,9 +103,48 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "--draw -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
+            else
+                compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
+            fi
+            ;;
+        "segment")
+            case "$prev" in
+                --masks-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --draw) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --seg-decoder) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --files-from) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                -o|--output) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --sidecar-ext) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --on-existing) COMPREPLY=($(compgen -W "skip overwrite append" -- "$cur")); return ;;
+                --prefix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --suffix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur") $(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
+                --threads) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                -b|--batch-size) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --max-tokens) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --sampler) COMPREPLY=($(compgen -W "greedy top-k top-p random" -- "$cur")); return ;;
+                --temperature) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "--masks-dir --draw --seg-decoder -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -122,9 +170,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -150,9 +202,13 @@ _pali() {
                 --top-k) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --top-p) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --seed) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --ray) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --workers) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-cpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
+                --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
                 compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
             fi
@@ -221,7 +277,7 @@ _pali() {
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "-V --version -h --help" -- "$cur"))
             else
-                COMPREPLY=($(compgen -W "caption ask detect ocr prompt completion presets" -- "$cur"))
+                COMPREPLY=($(compgen -W "caption ask detect segment ocr prompt completion presets" -- "$cur"))
             fi
             ;;
     esac

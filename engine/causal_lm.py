@@ -19,15 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.checkpoints import hub
+from engine.checkpoints.specs import parse_spec
 from engine.checkpoints.weights import load_backbone
+from engine.errors import InputError
 from engine.generate import generate_tokens
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import WindowPolicy, load_config
+from engine.processing.inputs import pixels_for_rows
 from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
 from engine.processing.tokenizer import PaliGemmaTokenizer
 from engine.runtime.devices import resolve_device, resolve_dtype
 from engine.runtime.optimize import optimize
-from engine.samplers import GreedySampler, get_sampler, make_generator
+from engine.samplers import GreedySampler, Sampler, get_sampler, make_generator
 
 DEFAULT_SEQUENCE_LENGTH = 1024  # keras-hub's preprocessor default
 
@@ -39,29 +43,19 @@ class Completion:
     finish_reason: str  # "stop" (a stop id was produced) or "length" (the budget ran out)
 
 
-def resolve_checkpoint(preset: str | Path, cache_dir=None, allow_download: bool = True):
-    """A local HF-layout directory, or a preset name / hf:// spec resolved (and downloaded) by engine.checkpoints.hub.
-    Returns (directory, Preset or None)."""
-    path = Path(preset).expanduser()
-    if path.is_dir():
-        return path, None
-    from engine.checkpoints import hub, presets
-
-    directory = hub.resolve(str(preset), cache_dir=cache_dir, allow_download=allow_download)
-    try:
-        info = presets.get_preset(str(preset))
-    except presets.UnknownPresetError:
-        info = None
-    return Path(directory), info
-
-
 class PaliGemmaCausalLM:
     def __init__(self, backbone: PaliGemmaBackbone, preprocessor: PaliGemmaCausalLMPreprocessor | None = None):
+        if isinstance(backbone, PaliGemmaCausalLMPreprocessor) or isinstance(preprocessor, PaliGemmaBackbone):
+            raise TypeError(
+                "PaliGemmaCausalLM takes (backbone, preprocessor), keras-hub's takes (preprocessor, backbone): "
+                "pass them by keyword, PaliGemmaCausalLM(backbone=..., preprocessor=...)"
+            )
         self.backbone = backbone
-        self.preprocessor = preprocessor
-        self.sampler = GreedySampler()
+        self.preprocessor = preprocessor  # takes the backbone's image size (see the setter)
+        self.sampler: Sampler = GreedySampler()
         self.preset: str | None = None
         self.dtype_reason = "requested"
+        self.mask_decoder: Any = None  # segment(): loaded on first use, or set by the caller
 
     @classmethod
     def from_preset(
@@ -82,15 +76,16 @@ class PaliGemmaCausalLM:
         ``sliding_window``: "none" (as the models were trained) or "transformers" (its Gemma 2 window).
         ``quantize="int8"`` or ``"int4"``: quantized weights (engine.runtime.quantize), cached under ``cache_dir``
         after the first load."""
-        directory, info = resolve_checkpoint(preset, cache_dir, allow_download)
+        spec = parse_spec(preset)
+        directory = hub.resolve(spec, cache_dir, allow_download=allow_download)
+        info = spec.preset
         config = load_config(directory, window_policy=sliding_window)
         torch_device = resolve_device(device)
         torch_dtype, reason = resolve_dtype(dtype, torch_device)
         if quantize:
-            from engine.checkpoints.hub import default_cache_dir
             from engine.checkpoints.quantized_cache import load_quantized_backbone
 
-            cache_root = default_cache_dir(cache_dir)
+            cache_root = hub.default_cache_dir(cache_dir)
             backbone = load_quantized_backbone(directory, config, quantize, torch_dtype, torch_device, cache_root)
         else:
             backbone = load_backbone(directory, config, torch_dtype, torch_device)
@@ -102,7 +97,7 @@ class PaliGemmaCausalLM:
             )
             pre = PaliGemmaCausalLMPreprocessor(PaliGemmaTokenizer.from_preset(directory), config.image_size, length)
         lm = cls(backbone, pre)
-        lm.preset = info.name if info else str(preset)
+        lm.preset = spec.label
         lm.dtype_reason = reason
         return lm
 
@@ -112,6 +107,17 @@ class PaliGemmaCausalLM:
         """Choose the sampler for later generate()/complete() calls (keras-hub's compile(sampler=))."""
         self.sampler = get_sampler(sampler)
         return self
+
+    @property
+    def preprocessor(self) -> PaliGemmaCausalLMPreprocessor | None:
+        return self._preprocessor
+
+    @preprocessor.setter
+    def preprocessor(self, preprocessor: PaliGemmaCausalLMPreprocessor | None) -> None:
+        """A preprocessor built without ``image_size`` (keras-hub's way) takes the backbone's here."""
+        if preprocessor is not None:
+            preprocessor.attach(self.backbone.config.image_size)
+        self._preprocessor = preprocessor
 
     @property
     def dtype(self) -> torch.dtype:
@@ -135,7 +141,7 @@ class PaliGemmaCausalLM:
         if not live:
             return out
         generator = make_generator(self.sampler.seed, self.device)
-        vocab = self.preprocessor.tokenizer.vocabulary_size if self.preprocessor else None
+        vocab = self.preprocessor.tokenizer.vocabulary_size() if self.preprocessor else None
         new = generate_tokens(
             self.backbone,
             pixel_values[live].to(self.device),
@@ -145,28 +151,18 @@ class PaliGemmaCausalLM:
             stop_ids,
             vocab_limit=vocab,
         )
-        for i, tokens in zip(live, new):
+        for i, tokens in zip(live, new, strict=True):
             out[i] = tokens
         return out
 
-    def _pixel_values(self, images) -> torch.Tensor:
-        """Raw images (PIL, HxWx3 arrays, paths), or already-preprocessed float[B, 3, R, R] in [-1, 1]."""
-        size = self.backbone.config.image_size
-        if (
-            isinstance(images, (torch.Tensor, np.ndarray))
-            and images.ndim == 4
-            and tuple(images.shape[1:]) == (3, size, size)
-        ):
-            return torch.as_tensor(images, dtype=torch.float32)
-        if self.preprocessor is not None:
-            return self.preprocessor.preprocess_images(images)
-        from engine.processing.image import preprocess_images
-
-        return preprocess_images(images, size)
+    def _pixel_values(self, images: Any, rows: int) -> torch.Tensor:
+        """float32[rows, 3, R, R] from any image form engine.processing.inputs takes."""
+        resample = self.preprocessor.resample if self.preprocessor is not None else "bilinear"
+        return pixels_for_rows(images, rows, self.backbone.config.image_size, resample)
 
     def _require_preprocessor(self) -> PaliGemmaCausalLMPreprocessor:
         if self.preprocessor is None:
-            raise ValueError(
+            raise InputError(
                 "this model was loaded with preprocessor=None: pass token_ids and padding_mask, "
                 "or load it with a preprocessor to use text prompts"
             )
@@ -182,12 +178,14 @@ class PaliGemmaCausalLM:
         """One Completion per (image, prompt) pair, generated as one batch."""
         pre = self._require_preprocessor()
         if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; pass one image per prompt")
+            raise InputError(f"got {len(images)} images for {len(prompts)} prompts; pass one image per prompt")
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         stop_ids = self._stop_ids(stop_token_ids)
         rows = [pre.encode_prompt(p) for p in prompts]
-        new = self._generate_ids(self._pixel_values(list(images)), rows, [max_new_tokens] * len(rows), stop_ids)
+        new = self._generate_ids(
+            self._pixel_values(list(images), len(rows)), rows, [max_new_tokens] * len(rows), stop_ids
+        )
         out = []
         for tokens in new:
             stopped = bool(tokens) and tokens[-1] in stop_ids
@@ -202,59 +200,52 @@ class PaliGemmaCausalLM:
         stop_token_ids: Any = "auto",
         strip_prompt: bool = False,
     ):
-        """keras-hub's generate(). With a preprocessor: {"images", "text" (or "prompts")} -> str or
-        list[str]. Without (``preprocessor=None``): {"images", "token_ids", "padding_mask"} ->
-        {"token_ids", "padding_mask"} with the generated ids written after each row's prompt."""
+        """keras-hub's generate(). With a preprocessor: {"images", "prompts" (or "text")} -> a str for a
+        str prompt on one image, else a list[str] (rows as engine.processing.inputs makes them: one
+        image per prompt, or one image or one prompt for all). Token ids, with or without a
+        preprocessor: {"images" (or "pixel_values"), "token_ids", "padding_mask"}, e.g.
+        ``preprocessor.generate_preprocess`` output -> {"token_ids", "padding_mask"} with the
+        generated ids written after each row's prompt, up to the row length."""
         if "token_ids" in inputs:
             return self._generate_from_ids(inputs, stop_token_ids)
         pre = self._require_preprocessor()
-        prompts = inputs.get("text", inputs.get("prompts"))
-        if prompts is None:
-            raise ValueError('generate() needs the prompt under "text" (or "prompts")')
-        single = isinstance(prompts, str)
-        prompt_list = [prompts] if single else list(prompts)
-        images = inputs.get("images")
-        if single and not (isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4):
-            images = [images]
-        pixel_values = self._pixel_values(images)
-        if pixel_values.shape[0] == 1 and len(prompt_list) > 1:
-            pixel_values = pixel_values.expand(len(prompt_list), -1, -1, -1)
-        if pixel_values.shape[0] != len(prompt_list):
-            raise ValueError(
-                f"got {pixel_values.shape[0]} images for {len(prompt_list)} prompts; pass one image per prompt"
-            )
+        batch = pre.generation_inputs(inputs)
         max_length = max_length or pre.sequence_length
-        rows = [pre.encode_prompt(p) for p in prompt_list]
-        for p, ids in zip(prompt_list, rows):
+        rows = [pre.encode_prompt(p) for p in batch.prompts]
+        for p, ids in zip(batch.prompts, rows, strict=True):
             if len(ids) > max_length:
-                raise ValueError(f"prompt {p!r} is {len(ids)} tokens, more than max_length={max_length}")
+                raise InputError(f"prompt {p!r} is {len(ids)} tokens, more than max_length={max_length}")
         stop_ids = self._stop_ids(stop_token_ids)
-        new = self._generate_ids(pixel_values, rows, [max_length - len(r) for r in rows], stop_ids)
+        new = self._generate_ids(batch.pixel_values, rows, [max_length - len(r) for r in rows], stop_ids)
         texts = []
-        for ids, tokens in zip(rows, new):
+        for ids, tokens in zip(rows, new, strict=True):
             if tokens and tokens[-1] in stop_ids:
                 tokens = tokens[:-1]
             texts.append(pre.tokenizer.detokenize(tokens if strip_prompt else ids + tokens))
-        return texts[0] if single else texts
+        return texts[0] if batch.unbatched else texts
 
     def _generate_from_ids(self, inputs: dict[str, Any], stop_token_ids) -> dict[str, Any]:
         """keras-hub's path without preprocessing: rows are right-padded to the target length T and
-        generation fills each row after its prompt, up to T."""
+        generation fills each row after its prompt, up to T. Without a preprocessor,
+        ``stop_token_ids="auto"`` stops at the config's EOS (keras-hub raises instead)."""
         as_numpy = isinstance(inputs["token_ids"], np.ndarray)
         token_ids = torch.as_tensor(np.asarray(inputs["token_ids"]) if as_numpy else inputs["token_ids"]).long()
         padding_mask = torch.as_tensor(np.asarray(inputs["padding_mask"])).bool()
         if token_ids.ndim == 1:
             token_ids, padding_mask = token_ids[None], padding_mask[None]
         b, t = token_ids.shape
-        pixel_values = self._pixel_values(inputs["images"])
-        if pixel_values.shape[0] == 1 and b > 1:
-            pixel_values = pixel_values.expand(b, -1, -1, -1)
+        if "images" in inputs and "pixel_values" in inputs:
+            raise InputError('pass the images under "images" or "pixel_values", not both')
+        images = inputs["images"] if "images" in inputs else inputs.get("pixel_values")
+        if images is None:
+            raise InputError('generate() with token_ids needs the images under "images" (or "pixel_values")')
+        pixel_values = self._pixel_values(images, b)
         rows = [token_ids[i][padding_mask[i]].tolist() for i in range(b)]
         stop_ids = self._stop_ids(stop_token_ids)
         new = self._generate_ids(pixel_values, rows, [t - len(r) for r in rows], stop_ids)
         out_ids = torch.full((b, t), self.backbone.config.pad_token_id, dtype=torch.long)
         out_mask = torch.zeros(b, t, dtype=torch.bool)
-        for i, (prompt, tokens) in enumerate(zip(rows, new)):
+        for i, (prompt, tokens) in enumerate(zip(rows, new, strict=True)):
             row = prompt + tokens  # a stop token stays in the mask, as in keras-hub; nothing after it
             out_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             out_mask[i, : len(row)] = True
@@ -262,10 +253,28 @@ class PaliGemmaCausalLM:
             return {"token_ids": out_ids.numpy(), "padding_mask": out_mask.numpy()}
         return {"token_ids": out_ids, "padding_mask": out_mask}
 
+    def segment(self, image: Any, objects: str | Sequence[str], max_new_tokens: int = 256) -> list:
+        """Segments ``objects`` (``"cat ; dog"``) in one image: a list of
+        ``engine.processing.segmentation.Segment`` (label, pixel box, bool mask of the upright
+        image). The mask decoder is loaded once, on first use, by
+        ``engine.checkpoints.seg_decoder`` ($PALI_SEG_DECODER, the cache, or one download)."""
+        from engine.processing.image import load_image
+        from engine.processing.segmentation import parse_segmentation
+        from engine.processing.tasks import segment_prompt
+
+        if self.mask_decoder is None:
+            from engine.processing.mask_decoder import load_mask_decoder
+
+            self.mask_decoder = load_mask_decoder()
+        picture = load_image(image)
+        [answer] = self.complete([picture], [segment_prompt(objects)], max_new_tokens=max_new_tokens)
+        return parse_segmentation(answer.text, picture.size, decoder=self.mask_decoder)
+
     # ------------------------------------------------------------------ training
 
     def fit(self, dataset: Any, **options: Any):
-        """Train on ``{"images", "prefixes", "suffixes"}`` data, keras-hub style:
+        """Train on ``{"images", "prefixes", "suffixes"}`` data (or keras-hub's ``"prompts"`` and
+        ``"responses"``), keras-hub style:
         ``lm.fit(data, epochs=2, batch_size=8, learning_rate=1e-4)``. Options and dataset forms are
         documented in engine.train; returns its TrainHistory."""
         from engine.train import fit

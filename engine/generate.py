@@ -1,22 +1,57 @@
-"""The generation loop, on token ids only (text lives in the preprocessor).
+"""The generation loop, on token ids only (text lives in the preprocessor), written as gpt-fast does.
 
 Layout: each row is ``[image tokens][padding][prompt]`` -- prompts are right-aligned so that every
 row's next token lands in the same cache slot, and positions count real tokens only, so padding
 changes no number. The prompt is one bidirectional prefix; every generated token is causal.
+
+Pieces: ``prefill`` runs image + prompt once and returns the first logits and a ``Running`` state;
+``decode_step`` feeds one token per running row; ``Running.keep`` is the one place where finished
+rows leave (every per-row tensor and the KV caches together), so they cost nothing afterwards.
+``stream_tokens`` is the loop: sample, hand out, drop the finished rows, decode. It reads the
+device once per step (the sampled tokens, as a list); stop ids and budgets are checked on the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.kv_cache import KVCache
-from engine.model.text import Masks
+
+Sample = Callable[[torch.Tensor], torch.Tensor]  # fp32 logits float[b, V] -> ids int[b]
 
 
-def _right_align(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class Running:
+    """The rows still generating: host-side bookkeeping plus every per-row tensor of the loop."""
+
+    rows: list[int]  # original index of each running row
+    budgets: list[int]  # the most new tokens each running row may produce
+    next_pos: torch.Tensor  # int[b]: position of each row's next token
+    key_valid: torch.Tensor  # bool[b, S]: cache slots holding a real token
+    key_pos: torch.Tensor  # int[b, S]: the position of the token in each cache slot
+    caches: list[KVCache]  # one per decoder layer, each [b, K, S, D]
+
+    def keep(self, keep: Sequence[int]) -> torch.Tensor:
+        """Keep only the running rows at indices ``keep`` (into the current batch), in that order;
+        returns those indices as a tensor, for the caller's own per-row tensors."""
+        index = torch.tensor(list(keep), dtype=torch.long, device=self.next_pos.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.budgets = [self.budgets[i] for i in keep]
+        self.next_pos = self.next_pos[index]
+        self.key_valid = self.key_valid[index]
+        self.key_pos = self.key_pos[index]
+        for cache in self.caches:
+            cache.keep_rows(index)
+        return index
+
+
+def _right_align(
+    prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts -> ids int[B, T] and real-token mask bool[B, T], padded on the left."""
     t = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), t), pad_id, dtype=torch.long)
@@ -27,22 +62,17 @@ def _right_align(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple
     return ids.to(device), mask.to(device)
 
 
-@torch.inference_mode()
-def stream_tokens(
+def prefill(
     backbone: PaliGemmaBackbone,
     pixel_values: torch.Tensor,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: Sequence[int],
-    sample,
-    stop_ids: Sequence[int] = (),
-    vocab_limit: int | None = None,
-) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield, per step, the original indices of the rows still running and their new tokens int[b].
+) -> tuple[torch.Tensor, Running]:
+    """Image + prompt in one pass with the prefix-LM mask (the whole prompt is prefix).
 
-    pixel_values float[B, 3, R, R]; prompts: B lists of token ids (BOS first); max_new_tokens: a
-    budget >= 1 per row; sample(logits fp32[b, V]) -> int[b]; ids >= vocab_limit (padding rows of
-    the embedding, <image>) are never produced. A row leaves the batch at a stop id or its budget,
-    and its cache rows are dropped, so finished rows cost nothing.
+    Returns the logits of each row's first new token, fp32 float[B, V], and the running state with
+    caches sized for the largest budget. The first generated token goes to the slot right after the
+    prompts: num_image_tokens + the longest prompt.
     """
     lm, cfg = backbone.language_model, backbone.config.text
     device, dtype = pixel_values.device, lm.dtype
@@ -51,58 +81,78 @@ def stream_tokens(
     prompt_end = n_img + ids.shape[1]
     total = prompt_end + max(max_new_tokens)
     caches = [KVCache(b, cfg.num_kv_heads, total, cfg.head_dim, dtype, device) for _ in lm.layers]
-    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-    budget = torch.tensor(list(max_new_tokens), device=device)
-    sliding = any(layer.sliding for layer in lm.layers)
-
-    # 1. Prefill image + prompt in one pass with the prefix-LM mask (the whole prompt is prefix).
     input_mask = torch.cat([torch.ones(b, n_img, dtype=torch.bool, device=device), text_mask], dim=1)
     positions = (torch.cumsum(input_mask.long(), dim=1) - 1).clamp(min=0)  # (B, N_img + T)
-    x = torch.cat([backbone.encode_images(pixel_values).to(dtype), lm.embed(ids)], dim=1)
+    x = torch.cat([backbone.encode_images(pixel_values).to(dtype), lm.embed(ids)], dim=1)  # (B, N_img + T, H)
     masks = backbone.prefill_masks(input_mask, torch.zeros_like(input_mask), positions)
     logits = lm.logits(lm(x, positions, masks, caches, start=0)[:, -1])  # (B, V)
     key_valid = torch.zeros(b, total, dtype=torch.bool, device=device)
     key_valid[:, :prompt_end] = input_mask
     key_pos = torch.zeros(b, total, dtype=torch.long, device=device)
     key_pos[:, :prompt_end] = positions
-    next_pos = positions[:, -1] + 1  # (B,)
-    rows = torch.arange(b, device=device)
+    state = Running(list(range(b)), list(max_new_tokens), positions[:, -1] + 1, key_valid, key_pos, caches)
+    return logits, state
 
-    for step, slot in enumerate(range(prompt_end, total), start=1):
-        # 2. Sample one token per running row and hand it out.
+
+def decode_step(backbone: PaliGemmaBackbone, state: Running, tokens: torch.Tensor, slot: int) -> torch.Tensor:
+    """Feed one token per running row (int[b]) at cache slot ``slot``; returns the next logits fp32
+    float[b, V]. The new token sees every real cached token and itself."""
+    lm = backbone.language_model
+    state.key_valid[:, slot] = True
+    state.key_pos[:, slot] = state.next_pos
+    q_pos = state.next_pos[:, None]  # (b, 1)
+    masks = backbone.decode_masks(q_pos, state.key_valid[:, : slot + 1], state.key_pos[:, : slot + 1])
+    hidden = lm(lm.embed(tokens[:, None]), q_pos, masks, state.caches, start=slot)  # (b, 1, H)
+    state.next_pos = state.next_pos + 1
+    return lm.logits(hidden[:, -1])
+
+
+@torch.inference_mode()
+def stream_tokens(
+    backbone: PaliGemmaBackbone,
+    pixel_values: torch.Tensor,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: Sequence[int],
+    sample: Sample,
+    stop_ids: Sequence[int] = (),
+    vocab_limit: int | None = None,
+) -> Iterator[tuple[list[int], list[int]]]:
+    """Yield, per step, the original indices of the rows still running and their new tokens.
+
+    pixel_values float[B, 3, R, R]; prompts: B lists of token ids (BOS first); max_new_tokens: a
+    budget >= 1 per row; ids >= vocab_limit (padding rows of the embedding, <image>) are never
+    produced. A row leaves the batch at a stop id or at its budget.
+    """
+    logits, state = prefill(backbone, pixel_values, prompts, max_new_tokens)
+    stops = set(stop_ids)
+    slot = backbone.num_image_tokens + max(len(p) for p in prompts)  # the first generated token's slot
+    for step in range(1, max(max_new_tokens) + 1):
         if vocab_limit is not None:
             logits[:, vocab_limit:] = float("-inf")
         tokens = sample(logits)
-        yield rows.tolist(), tokens
-        # 3. Rows that hit a stop id or their budget leave the batch, cache rows included.
-        done = torch.isin(tokens, stops) | (budget[rows] <= step)
-        if bool(done.all()):
+        new = tokens.tolist()  # the one device -> host sync of the step
+        yield state.rows, new
+        running = [i for i, token in enumerate(new) if token not in stops and state.budgets[i] > step]
+        if not running:
             return
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)
-            rows, tokens, next_pos = rows[keep], tokens[keep], next_pos[keep]
-            key_valid, key_pos = key_valid[keep], key_pos[keep]
-            for cache in caches:
-                cache.keep_rows(keep)
-        # 4. Decode: the new token sees every real cached token and itself.
-        key_valid[:, slot] = True
-        key_pos[:, slot] = next_pos
-        full = key_valid[:, None, None, : slot + 1]  # (b, 1, 1, S)
-        window = None
-        if sliding:
-            near = (next_pos[:, None] - key_pos[:, : slot + 1]) < cfg.sliding_window
-            window = full & near[:, None, None]
-        hidden = lm(lm.embed(tokens[:, None]), next_pos[:, None], Masks(full, window), caches, start=slot)
-        logits = lm.logits(hidden[:, -1])
-        next_pos = next_pos + 1
+        if len(running) < len(new):
+            tokens = tokens[state.keep(running)]
+        logits = decode_step(backbone, state, tokens, slot)
+        slot += 1
 
 
 def generate_tokens(
-    backbone, pixel_values, prompts, max_new_tokens, sample, stop_ids=(), vocab_limit=None
+    backbone: PaliGemmaBackbone,
+    pixel_values: torch.Tensor,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: Sequence[int],
+    sample: Sample,
+    stop_ids: Sequence[int] = (),
+    vocab_limit: int | None = None,
 ) -> list[list[int]]:
     """All new tokens per row (a stop token, when produced, is the last one)."""
     out: list[list[int]] = [[] for _ in prompts]
     for rows, tokens in stream_tokens(backbone, pixel_values, prompts, max_new_tokens, sample, stop_ids, vocab_limit):
-        for row, token in zip(rows, tokens.tolist()):
+        for row, token in zip(rows, tokens, strict=True):
             out[row].append(token)
     return out

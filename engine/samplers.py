@@ -25,8 +25,16 @@ and passes it to every step, so the same seed gives the same tokens (for the sam
 build). Passing `generator=None` falls back to torch's global RNG.
 
 Everything is tensor ops (no `.item()`, no numpy), so the functions run unchanged on cpu, cuda and
-mps. Sampler objects are frozen dataclasses named as in keras-hub; `get_sampler` resolves the
-string ids accepted by `compile(sampler=...)`.
+mps. Sampler objects are frozen dataclasses named as in keras-hub; `get_sampler` resolves what
+`compile(sampler=...)` accepts: a name, a `SamplerConfig` (what the CLI fills) or a sampler object.
+
+Defaults (engine.sampler_config says why these): keras-hub's, for the API and the CLI alike.
+
+    sampler   temperature   k             p
+    greedy    -             -             -
+    top_k     1.0           5             -
+    top_p     1.0           None (no cap) 0.1
+    random    1.0           -             -
 """
 
 from __future__ import annotations
@@ -37,13 +45,29 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
+from engine.errors import InputError
+from engine.sampler_config import (
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+    SAMPLER_NAMES,
+    SamplerConfig,
+    check_k,
+    check_p,
+    check_seed,
+    check_temperature,
+    normalize_name,
+)
+
 __all__ = [
     "SAMPLER_NAMES",
     "GreedySampler",
     "RandomSampler",
     "Sampler",
+    "SamplerConfig",
     "TopKSampler",
     "TopPSampler",
+    "from_config",
     "get_sampler",
     "greedy",
     "make_generator",
@@ -52,56 +76,18 @@ __all__ = [
     "sample_top_p",
 ]
 
-# torch.Generator.manual_seed accepts any value representable in 64 bits; we keep seeds non-negative
-# so that a seed prints and round-trips through a CLI flag unambiguously.
-_MAX_SEED = 2**64 - 1
-
-
-# --- argument checks (shared by the functions and the dataclasses) -------------------------------
-
-
-def _check_k(k: object, where: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"{where}: k must be an integer >= 1, got {k!r}")
-    return k
-
-
-def _check_p(p: object, where: str) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 < p <= 1.0):
-        raise ValueError(f"{where}: p must be a number in (0, 1], got {p!r}")
-    return float(p)
-
-
-def _check_temperature(temperature: object, where: str) -> float:
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not math.isfinite(temperature)
-        or temperature < 0
-    ):
-        raise ValueError(f"{where}: temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    return float(temperature)
-
-
-def _check_seed(seed: object, where: str) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed <= _MAX_SEED):
-        raise ValueError(f"{where}: seed must be None or an integer in [0, 2**64), got {seed!r}")
-    return seed
-
 
 def _check_inputs(logits: torch.Tensor, generator: torch.Generator | None, where: str) -> None:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"{where}: logits must be a float tensor of shape [B, V], got {shape}")
+        raise InputError(f"{where}: logits must be a float tensor of shape [B, V], got {shape}")
     if not logits.is_floating_point():
-        raise ValueError(f"{where}: logits must be floating point, got {logits.dtype}")
+        raise InputError(f"{where}: logits must be floating point, got {logits.dtype}")
     if logits.shape[-1] == 0:
-        raise ValueError(f"{where}: logits have an empty vocabulary axis (V == 0)")
+        raise InputError(f"{where}: logits have an empty vocabulary axis (V == 0)")
     # A generator on another device would fail deep inside torch with a confusing message.
     if generator is not None and generator.device.type != logits.device.type:
-        raise ValueError(
+        raise InputError(
             f"{where}: generator is on {generator.device} but logits are on {logits.device}; "
             "create it with make_generator(seed, logits.device)"
         )
@@ -167,7 +153,7 @@ def sample_random(
     """Draw from the full distribution softmax(logits / temperature): `float[B, V] -> int64[B]`."""
     where = "sample_random"
     _check_inputs(logits, generator, where)
-    t = _check_temperature(temperature, where)
+    t = check_temperature(temperature, where)
     return _sample(logits, temperature=t, k=None, p=1.0, generator=generator)
 
 
@@ -183,8 +169,8 @@ def sample_top_k(
     """
     where = "sample_top_k"
     _check_inputs(logits, generator, where)
-    k = _check_k(k, where)
-    t = _check_temperature(temperature, where)
+    k = check_k(k, where)
+    t = check_temperature(temperature, where)
     return _sample(logits, temperature=t, k=k, p=1.0, generator=generator)
 
 
@@ -202,10 +188,10 @@ def sample_top_p(
     """
     where = "sample_top_p"
     _check_inputs(logits, generator, where)
-    p = _check_p(p, where)
+    p = check_p(p, where)
     if k is not None:
-        k = _check_k(k, where)
-    t = _check_temperature(temperature, where)
+        k = check_k(k, where)
+    t = check_temperature(temperature, where)
     return _sample(logits, temperature=t, k=k, p=p, generator=generator)
 
 
@@ -215,7 +201,7 @@ def make_generator(seed: int | None, device: torch.device | str) -> torch.Genera
     Torch's global RNG is not used for the None case: it starts from a fixed seed in every fresh
     process, so two unseeded CLI runs would otherwise sample the same text.
     """
-    seed = _check_seed(seed, "make_generator")
+    seed = check_seed(seed, "make_generator")
     generator = torch.Generator(device=torch.device(device))
     if seed is None:
         generator.seed()  # non-deterministic (std::random_device / time)
@@ -251,18 +237,18 @@ class GreedySampler:
 
 @dataclass(frozen=True)
 class TopKSampler:
-    """Sample among the k most likely ids (keras-hub `"top_k"`, defaults k=5, temperature 1)."""
+    """Sample among the k most likely ids (keras-hub `"top_k"`; defaults in engine.sampler_config)."""
 
-    k: int = 5
-    temperature: float = 1.0
+    k: int = DEFAULT_TOP_K
+    temperature: float = DEFAULT_TEMPERATURE
     seed: int | None = None
     name: ClassVar[str] = "top_k"
 
     def __post_init__(self) -> None:
         where = type(self).__name__
-        _check_k(self.k, where)
-        _check_temperature(self.temperature, where)
-        _check_seed(self.seed, where)
+        check_k(self.k, where)
+        check_temperature(self.temperature, where)
+        check_seed(self.seed, where)
 
     def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_top_k(logits, self.k, self.temperature, generator)
@@ -270,21 +256,21 @@ class TopKSampler:
 
 @dataclass(frozen=True)
 class TopPSampler:
-    """Nucleus sampling, optional top-k cap (keras-hub `"top_p"`, defaults p=0.1, no k)."""
+    """Nucleus sampling, optional top-k cap (keras-hub `"top_p"`; defaults in engine.sampler_config, no k)."""
 
-    p: float = 0.1
+    p: float = DEFAULT_TOP_P
     k: int | None = None
-    temperature: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
     seed: int | None = None
     name: ClassVar[str] = "top_p"
 
     def __post_init__(self) -> None:
         where = type(self).__name__
-        _check_p(self.p, where)
+        check_p(self.p, where)
         if self.k is not None:
-            _check_k(self.k, where)
-        _check_temperature(self.temperature, where)
-        _check_seed(self.seed, where)
+            check_k(self.k, where)
+        check_temperature(self.temperature, where)
+        check_seed(self.seed, where)
 
     def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_top_p(logits, self.p, self.k, self.temperature, generator)
@@ -294,38 +280,43 @@ class TopPSampler:
 class RandomSampler:
     """Sample from the full distribution (keras-hub `"random"`)."""
 
-    temperature: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
     seed: int | None = None
     name: ClassVar[str] = "random"
 
     def __post_init__(self) -> None:
         where = type(self).__name__
-        _check_temperature(self.temperature, where)
-        _check_seed(self.seed, where)
+        check_temperature(self.temperature, where)
+        check_seed(self.seed, where)
 
     def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_random(logits, self.temperature, generator)
 
 
-_BY_NAME: dict[str, type] = {cls.name: cls for cls in (GreedySampler, TopKSampler, TopPSampler, RandomSampler)}
-SAMPLER_NAMES: tuple[str, ...] = tuple(_BY_NAME)
+def from_config(config: SamplerConfig) -> Sampler:
+    """The sampler object a SamplerConfig describes (each reads only its own fields)."""
+    if config.name == "greedy":
+        return GreedySampler()
+    if config.name == "top_k":
+        return TopKSampler(k=config.top_k, temperature=config.temperature, seed=config.seed)
+    if config.name == "top_p":
+        return TopPSampler(p=config.top_p, k=None, temperature=config.temperature, seed=config.seed)
+    return RandomSampler(temperature=config.temperature, seed=config.seed)
 
 
-def get_sampler(spec: str | Sampler) -> Sampler:
-    """Resolve `compile(sampler=...)`: a name (default arguments) or a sampler object (as is).
+def get_sampler(spec: str | Sampler | SamplerConfig) -> Sampler:
+    """Resolve `compile(sampler=...)`: a name (the default configuration of that sampler), a
+    SamplerConfig, or a sampler object (as is).
 
     Names: "greedy", "top_k", "top_p", "random"; "top-k"/"top-p" and any letter case also work.
     """
     if isinstance(spec, str):
-        key = spec.strip().lower().replace("-", "_")
-        if key not in _BY_NAME:
-            raise ValueError(
-                f"unknown sampler {spec!r}; valid names: {', '.join(SAMPLER_NAMES)} "
-                "(or pass a sampler object such as TopKSampler(k=10))"
-            )
-        return _BY_NAME[key]()
+        return from_config(SamplerConfig(name=normalize_name(spec)))
+    if isinstance(spec, SamplerConfig):
+        return from_config(spec)
     if isinstance(spec, Sampler):
         return spec
     raise TypeError(
-        f"sampler must be a name ({', '.join(SAMPLER_NAMES)}) or a sampler object, got {type(spec).__name__}"
+        f"sampler must be a name ({', '.join(SAMPLER_NAMES)}), a SamplerConfig or a sampler object, "
+        f"got {type(spec).__name__}"
     )

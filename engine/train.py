@@ -1,30 +1,20 @@
 """Training and fine-tuning PaliGemma: big_vision's objective in a plain PyTorch loop.
 
-Objective (spec §7.1, §8.2). A training row is ``[image][BOS prefix "\\n"][suffix EOS]``. Image and
-prefix form the bidirectional prefix; the suffix and its EOS are causal (``response_mask``), and
-only they are trained: position t is scored on predicting token t + 1 exactly when t + 1 is a
-response token, so the last prefix position ("\\n") predicts the first answer token and nothing
-ever predicts a prompt token. Token losses are averaged within each example, then over the batch,
-so a one-word answer weighs as much as a long caption. Logits are computed only at the scored
-positions: with a 257k vocabulary the full logits would dominate memory.
+Objective (big_vision models/proj/paligemma/paligemma.py make_attn_mask,
+configs/proj/paligemma/transfers/common.py). A training row is ``[image][BOS prefix "\\n"][suffix
+EOS]``. Image and prefix form the bidirectional prefix; the suffix and its EOS are causal
+(``response_mask``), and only they are trained: position t is scored on predicting token t + 1
+exactly when t + 1 is a response token, so the last prefix position ("\\n") predicts the first
+answer token and nothing ever predicts a prompt token. Token losses are averaged within each
+example, then over the batch, so a one-word answer weighs as much as a long caption. Logits are
+computed only at the scored positions: with a 257k vocabulary the full logits would dominate memory.
 
 Loop: AdamW (weight decay on matrices only), linear warmup then cosine decay (or constant),
 gradient-norm clipping, float32 or bfloat16 autocast, and checkpoints written in the hub layout
 ``from_preset`` loads (config.json, model.safetensors, tokenizer.model).
 
-Datasets, as ``fit(dataset, ...)`` takes them:
-
-* a mapping of equal-length sequences ``{"images": [...], "prefixes": [...], "suffixes": [...]}``,
-  shuffled every epoch and cut into ``batch_size`` batches;
-* an iterable of such mappings, each one batch (it sets its own batch size, so ``batch_size``
-  must not be given); iterated once per epoch, so pass a re-iterable object, not a generator,
-  for more than one epoch;
-* an iterable of single examples ``{"images": image, "prefixes": str, "suffixes": str}``, grouped
-  into ``batch_size`` batches.
-
-Images are anything ``engine.processing.image`` loads (paths, PIL images, uint8 arrays, a uint8 batch
-``[B, H, W, 3]``) or an already preprocessed ``float[B, 3, R, R]`` tensor in [-1, 1]. Prefixes are
-prompts as in generation (``"caption en"``; a trailing ``"\\n"`` is optional).
+Datasets (a mapping of sequences, an iterable of batches or of single examples) and how they become
+batches are engine.train_data's; ``fit`` takes any of them.
 """
 
 from __future__ import annotations
@@ -32,10 +22,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,15 +32,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
+from engine.checkpoints.processor_files import write_processor_files
 from engine.checkpoints.weights import save_backbone
+from engine.errors import InputError, TrainingError
 from engine.model.backbone import PaliGemmaBackbone
 from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
+from engine.train_data import Batches, prepare_batch
 
 if TYPE_CHECKING:
     from engine.causal_lm import PaliGemmaCausalLM
-
-KEYS = ("images", "prefixes", "suffixes")
-DEFAULT_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -59,7 +48,7 @@ class TrainConfig:
     """Every knob of ``fit``; keyword arguments to ``fit`` override these fields."""
 
     epochs: int = 1
-    batch_size: int | None = None  # in-memory and per-example datasets; None means DEFAULT_BATCH_SIZE
+    batch_size: int | None = None  # in-memory and per-example datasets; None means DEFAULT_BATCH_SIZE (8)
     learning_rate: float = 3e-5
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -77,17 +66,17 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise InputError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise InputError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+            raise InputError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
+            raise InputError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.checkpoint_every is not None and (self.checkpoint_every < 1 or self.checkpoint_dir is None):
-            raise ValueError("checkpoint_every needs a checkpoint_dir and must be >= 1")
+            raise InputError("checkpoint_every needs a checkpoint_dir and must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -145,7 +134,7 @@ def suffix_loss(
     per_example = torch.zeros(token_ids.shape[0], device=token_loss.device).index_add(0, rows, token_loss)
     has_response = counts > 0
     if not bool(has_response.any()):
-        raise ValueError("no example in the batch has a response token to train on")
+        raise InputError("no example in the batch has a response token to train on")
     return (per_example[has_response] / counts[has_response]).mean()
 
 
@@ -156,139 +145,6 @@ def compute_loss(backbone: PaliGemmaBackbone, batch: Mapping[str, torch.Tensor])
         batch["pixel_values"], batch["token_ids"], batch["padding_mask"], batch["response_mask"]
     )
     return suffix_loss(backbone, hidden, batch["token_ids"], batch["response_mask"])
-
-
-def prepare_batch(
-    preprocessor: PaliGemmaCausalLMPreprocessor,
-    images: Any,
-    prefixes: Sequence[str],
-    suffixes: Sequence[str],
-    device: torch.device | str = "cpu",
-) -> dict[str, torch.Tensor]:
-    """Model inputs for one batch: pixels, and rows right-padded to the longest one."""
-    prefixes, suffixes = list(prefixes), list(suffixes)
-    if len(prefixes) != len(suffixes):
-        raise ValueError(f"got {len(prefixes)} prefixes for {len(suffixes)} suffixes; give one suffix per prefix")
-    size = preprocessor.image_size
-    if isinstance(images, torch.Tensor) and images.ndim == 4 and tuple(images.shape[1:]) == (3, size, size):
-        pixel_values = images.float()
-    else:
-        pixel_values = preprocessor.preprocess_images(images if not isinstance(images, tuple) else list(images))
-    if pixel_values.shape[0] != len(prefixes):
-        raise ValueError(f"got {pixel_values.shape[0]} images for {len(prefixes)} prefixes; give one image per example")
-    encoded = [preprocessor.encode_example(p, s) for p, s in zip(prefixes, suffixes)]
-    # No fixed width: rows are padded to the longest one (pack's default), capped at the
-    # preprocessor's sequence_length, so short tasks do not pay for a long limit.
-    packed = preprocessor.pack([ids for ids, _ in encoded], None, [mask for _, mask in encoded])
-    batch = {"pixel_values": pixel_values, **packed}
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-# ----------------------------------------------------------------------------- datasets
-
-
-def _check_keys(item: Any, where: str) -> None:
-    if not isinstance(item, Mapping) or any(k not in item for k in KEYS):
-        got = sorted(item) if isinstance(item, Mapping) else type(item).__name__
-        raise ValueError(f"{where} must be a mapping with keys {list(KEYS)}, got {got}")
-
-
-def _is_single_example(item: Mapping) -> bool:
-    return isinstance(item["prefixes"], str)
-
-
-def _slice(images: Any, index: Sequence[int]) -> Any:
-    if isinstance(images, torch.Tensor):
-        return images[torch.as_tensor(index, dtype=torch.long)]
-    if hasattr(images, "ndim") and getattr(images, "ndim", 0) == 4:  # numpy uint8 batch
-        return images[list(index)]
-    return [images[i] for i in index]
-
-
-def _memory_batches(data: Mapping, batch_size: int, order: list[int]) -> Iterator[dict]:
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        yield {
-            "images": _slice(data["images"], index),
-            "prefixes": [data["prefixes"][i] for i in index],
-            "suffixes": [data["suffixes"][i] for i in index],
-        }
-
-
-def _grouped(examples: Iterator[Mapping], first: Mapping, batch_size: int) -> Iterator[dict]:
-    group = [first]
-    for item in examples:
-        _check_keys(item, "every dataset item")
-        group.append(item)
-        if len(group) == batch_size:
-            yield {k: [g[k] for g in group] for k in KEYS}
-            group = []
-    if group:
-        yield {k: [g[k] for g in group] for k in KEYS}
-
-
-class _Batches:
-    """One epoch's batches, whatever the dataset's form (see the module docstring)."""
-
-    def __init__(self, dataset: Any, cfg: TrainConfig):
-        self.dataset, self.cfg = dataset, cfg
-        self.in_memory = isinstance(dataset, Mapping)
-        if self.in_memory:
-            _check_keys(dataset, "an in-memory dataset")
-            n = len(dataset["prefixes"])
-            for k in KEYS:
-                if len(dataset[k]) != n:
-                    raise ValueError(f"dataset[{k!r}] has {len(dataset[k])} items but dataset['prefixes'] has {n}")
-            if n == 0:
-                raise ValueError("the dataset is empty")
-        elif not isinstance(dataset, Iterable):
-            raise TypeError(f"dataset must be a mapping or an iterable of mappings, got {type(dataset).__name__}")
-        elif cfg.epochs > 1 and iter(dataset) is dataset:
-            raise ValueError(
-                "a one-shot iterator (e.g. a generator) cannot be read for several epochs; "
-                "pass a list or an object whose __iter__ restarts, or use epochs=1"
-            )
-
-    @property
-    def batch_size(self) -> int:
-        return self.cfg.batch_size or DEFAULT_BATCH_SIZE
-
-    def __len__(self) -> int:
-        """Batches per epoch; TypeError when the dataset cannot tell in advance (no __len__)."""
-        if self.in_memory:
-            return math.ceil(len(self.dataset["prefixes"]) / self.batch_size)
-        items = len(self.dataset)
-        if isinstance(self.dataset, Sequence):
-            first = self.dataset[0] if items else None
-        elif iter(self.dataset) is not self.dataset:  # re-iterable: peeking costs one item
-            first = next(iter(self.dataset), None)
-        else:
-            raise TypeError("a one-shot iterator's length is unknown")
-        if isinstance(first, Mapping) and "prefixes" in first and _is_single_example(first):
-            return math.ceil(items / self.batch_size)
-        return items
-
-    def epoch(self, epoch: int) -> Iterator[dict]:
-        if self.in_memory:
-            order = list(range(len(self.dataset["prefixes"])))
-            if self.cfg.shuffle:
-                random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(order)
-            yield from _memory_batches(self.dataset, self.batch_size, order)
-            return
-        items = iter(self.dataset)
-        first = next(items, None)
-        if first is None:
-            raise ValueError("the dataset yielded no items")
-        _check_keys(first, "every dataset item")
-        if _is_single_example(first):
-            yield from _grouped(items, first, self.batch_size)
-            return
-        if self.cfg.batch_size is not None:
-            raise ValueError("this dataset yields whole batches, so batch_size does not apply; leave it unset")
-        yield first
-        for item in items:
-            _check_keys(item, "every dataset item")
-            yield item
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -316,7 +172,7 @@ def _trainable(backbone: PaliGemmaBackbone, freeze: Sequence[str]) -> list[torch
     names = [n for n, _ in backbone.named_parameters()]
     for module in freeze:
         if not any(_under(n, module) for n in names):
-            raise ValueError(
+            raise InputError(
                 f"freeze entry {module!r} matches no parameter; name modules such as 'vision_tower', "
                 "'projector', 'language_model.embed_tokens' or 'language_model.layers.0'"
             )
@@ -327,7 +183,7 @@ def _trainable(backbone: PaliGemmaBackbone, freeze: Sequence[str]) -> list[torch
         if train:
             params.append(p)
     if not params:
-        raise ValueError("every parameter is frozen; nothing to train")
+        raise InputError("every parameter is frozen; nothing to train")
     return params
 
 
@@ -340,22 +196,73 @@ def make_optimizer(params: Sequence[torch.nn.Parameter], cfg: TrainConfig) -> to
 
 
 def save_checkpoint(lm: PaliGemmaCausalLM, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """config.json + model.safetensors + tokenizer.model in ``directory``, loadable by
-    ``PaliGemmaCausalLM.from_preset(directory)``. Files are written next to it first and moved in,
-    so an interrupted save never leaves a half-written checkpoint behind."""
+    """A checkpoint directory in the released Hugging Face layout, loadable by
+    ``PaliGemmaCausalLM.from_preset(directory)`` and by transformers
+    (``PaliGemmaForConditionalGeneration`` / ``PaliGemmaProcessor.from_pretrained``): config.json,
+    model.safetensors and, with a tokenizer, tokenizer.model and the processor files
+    (engine.checkpoints.processor_files). config.json's ``image_token_index`` is then the tokenizer's
+    ``<image>`` id. Files are written next to the directory first and moved in, so an interrupted
+    save never leaves a half-written checkpoint behind."""
     directory = Path(directory)
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    save_backbone(lm.backbone, staging, dtype)
+    config = lm.backbone.config
+    if lm.preprocessor is not None:
+        tokenizer = lm.preprocessor.tokenizer
+        config = replace(config, image_token_index=tokenizer.image_token_id)
+    save_backbone(lm.backbone, staging, dtype, config)
     if lm.preprocessor is not None:
         # The tokenizer has no public "save" yet; its SentencePiece proto is the file's exact bytes.
-        (staging / "tokenizer.model").write_bytes(lm.preprocessor.tokenizer._sp.serialized_model_proto())
+        (staging / "tokenizer.model").write_bytes(tokenizer._sp.serialized_model_proto())
+        write_processor_files(staging, config)
     directory.mkdir(parents=True, exist_ok=True)
     for f in staging.iterdir():
         f.chmod(0o644)  # safetensors writes 0600; a checkpoint (or packaged model) is meant to be shared
         os.replace(f, directory / f.name)
     staging.rmdir()
     return directory
+
+
+@dataclass
+class _Updates:
+    """What one optimizer step needs besides the batch."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    max_grad_norm: float
+    autocast: contextlib.AbstractContextManager[Any]
+
+
+def _make_updates(lm: PaliGemmaCausalLM, cfg: TrainConfig, total: int | None) -> _Updates:
+    params = _trainable(lm.backbone, cfg.freeze)
+    optimizer = make_optimizer(params, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg.warmup_steps, total, cfg.schedule))
+    autocast: contextlib.AbstractContextManager[Any] = (
+        torch.autocast(device_type=lm.device.type, dtype=torch.bfloat16)
+        if cfg.precision == "bfloat16"
+        else contextlib.nullcontext()
+    )
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
+    return _Updates(params, optimizer, scheduler, max_norm, autocast)
+
+
+def _train_step(
+    lm: PaliGemmaCausalLM, preprocessor: PaliGemmaCausalLMPreprocessor, raw: Mapping[str, Any], up: _Updates, step: int
+) -> tuple[float, float, float]:
+    """One optimizer step on one raw batch; returns (loss, learning rate used, gradient norm)."""
+    batch = prepare_batch(preprocessor, raw["images"], raw["prefixes"], raw["suffixes"], lm.device)
+    with up.autocast:
+        loss = compute_loss(lm.backbone, batch)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"the loss became {loss.item()} at step {step}; lower learning_rate or train in float32")
+    up.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(up.params, up.max_grad_norm)
+    lr = float(up.optimizer.param_groups[0]["lr"])
+    up.optimizer.step()
+    up.scheduler.step()
+    return loss.item(), lr, float(grad_norm)
 
 
 def fit(
@@ -366,61 +273,33 @@ def fit(
     callback: Callable[[StepReport], None] | None = None,
     **options: Any,
 ) -> TrainHistory:
-    """Train ``lm`` in place on ``dataset`` (see the module docstring); ``options`` are TrainConfig
+    """Train ``lm`` in place on ``dataset`` (see engine.train_data); ``options`` are TrainConfig
     fields, e.g. ``fit(lm, data, epochs=2, batch_size=8, learning_rate=1e-4)``. Returns the losses.
     The model is left in eval mode with gradients off, ready for generate()."""
     cfg = replace(config or TrainConfig(), **options)
     if lm.preprocessor is None:
-        raise ValueError("fit() needs the model's tokenizer: load it with preprocessor=True")
-    backbone, device = lm.backbone, lm.device
-    batches = _Batches(dataset, cfg)
-    try:
-        total: int | None = len(batches) * cfg.epochs
-    except TypeError:
-        total = None
-    params = _trainable(backbone, cfg.freeze)
-    optimizer = make_optimizer(params, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg.warmup_steps, total, cfg.schedule))
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        if cfg.precision == "bfloat16"
-        else contextlib.nullcontext()
-    )
+        raise InputError("fit() needs the model's tokenizer: load it with preprocessor=True")
+    batches = Batches(dataset, cfg)
+    total = batches.total_steps()
+    updates = _make_updates(lm, cfg, total)
     losses: list[float] = []
     epoch_losses: list[float] = []
     start = time.perf_counter()
-    backbone.train()
+    lm.backbone.train()
     try:
         for epoch in range(cfg.epochs):
             first = len(losses)
             for raw in batches.epoch(epoch):
-                batch = prepare_batch(lm.preprocessor, raw["images"], raw["prefixes"], raw["suffixes"], device)
-                with autocast:
-                    loss = compute_loss(backbone, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"the loss became {loss.item()} at step {len(losses) + 1}; "
-                        "lower learning_rate or train in float32"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                losses.append(loss.item())
+                loss, lr, grad_norm = _train_step(lm, lm.preprocessor, raw, updates, len(losses) + 1)
+                losses.append(loss)
                 if callback is not None:
-                    callback(
-                        StepReport(
-                            len(losses), total, epoch, losses[-1], lr, float(grad_norm), time.perf_counter() - start
-                        )
-                    )
-                if cfg.checkpoint_every and len(losses) % cfg.checkpoint_every == 0:
+                    seconds = time.perf_counter() - start
+                    callback(StepReport(len(losses), total, epoch, loss, lr, grad_norm, seconds))
+                if cfg.checkpoint_dir is not None and cfg.checkpoint_every and len(losses) % cfg.checkpoint_every == 0:
                     save_checkpoint(lm, cfg.checkpoint_dir)
             epoch_losses.append(sum(losses[first:]) / max(1, len(losses) - first))
     finally:
-        backbone.eval().requires_grad_(False)
+        lm.backbone.eval().requires_grad_(False)
     if cfg.checkpoint_dir is not None:
         save_checkpoint(lm, cfg.checkpoint_dir)
     return TrainHistory(losses, epoch_losses, len(losses), time.perf_counter() - start)

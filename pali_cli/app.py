@@ -1,4 +1,4 @@
-"""The ``pali`` command line: PaliGemma captioning, VQA, OCR and detection on local images.
+"""The ``pali`` command line: PaliGemma captioning, VQA, OCR, detection and segmentation on local images.
 
 Commands are thin: each builds a ``Job`` (what to ask the model) and hands it to the runner with
 the shared ``RunOptions``. Domain errors are turned into exit codes in one place, ``PaliGroup``.
@@ -15,8 +15,9 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from pali_cli.errors import ExitCode, Interrupted, PaliError, UsageProblem
-from pali_cli.options import Images, Lang, RunOptions, run_options
+from engine import PaliError
+from pali_cli.errors import CliError, ExitCode, Interrupted, UsageProblem, exit_code_for, hint_for
+from pali_cli.options import Draw, Images, Lang, MasksDir, RunOptions, SegDecoder, run_options
 from pali_cli.presets_cmd import download_command, presets_app
 
 EXIT_CODES = (
@@ -35,22 +36,26 @@ EPILOG = f"""[bold]Examples:[/bold]
 
   pali caption dataset/ -r --sidecar --prefix "photo of sks, "
 
-  pali detect street.jpg "car ; bicycle"
+  pali detect street.jpg "car ; bicycle" --draw drawn/
+
+  pali segment photo.jpg "cat" --masks-dir masks/
 
 {EXIT_CODES}
 
-[bold]Environment:[/bold] PALI_PRESET, PALI_DEVICE, PALI_QUANTIZE, PALI_CACHE_DIR; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE for downloads; NO_COLOR; PALI_DEBUG=1 shows tracebacks."""
+[bold]Environment:[/bold] PALI_PRESET, PALI_DEVICE, PALI_QUANTIZE, PALI_CPU, PALI_CACHE_DIR, PALI_SEG_DECODER; \
+HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE for downloads; NO_COLOR; PALI_DEBUG=1 shows tracebacks."""
 
 
 class PaliGroup(TyperGroup):
-    """Turns errors into one stderr line and an exit code, for every subcommand."""
+    """Turns errors into one stderr line and an exit code, for every subcommand (pali_cli.errors
+    holds the table of exit codes)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except PaliError as e:
             _report(e)
-            raise typer.Exit(int(e.exit_code)) from None
+            raise typer.Exit(int(exit_code_for(e))) from None
         except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt, BrokenPipeError):
             raise  # click's own handling: usage errors (2), Ctrl-C (130), closed pipes
         except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
@@ -58,7 +63,7 @@ class PaliGroup(TyperGroup):
             if debug:
                 traceback.print_exc()
             hint = "Please report it." if debug else "Set PALI_DEBUG=1 to see the traceback, and please report it."
-            _report(PaliError(f"unexpected {type(e).__name__}: {e}", hint=hint))
+            _report(CliError(f"unexpected {type(e).__name__}: {e}", hint=hint))
             raise typer.Exit(int(ExitCode.FAILURE)) from None
 
 
@@ -66,12 +71,13 @@ def _report(error: PaliError) -> None:
     from pali_cli.console import Reporter
 
     reporter = Reporter()
+    message, hint = str(error), hint_for(error)
     if isinstance(error, Interrupted):
-        reporter.console.print(f"pali: {error.message}", markup=False, highlight=False)
-        if error.hint:
-            reporter.console.print(error.hint, markup=False, highlight=False)
+        reporter.console.print(f"pali: {message}", markup=False, highlight=False)
+        if hint:
+            reporter.console.print(hint, markup=False, highlight=False)
     else:
-        reporter.error(error.message, error.hint)
+        reporter.error(message, hint)
 
 
 def _version(value: bool) -> None:
@@ -85,7 +91,7 @@ def _version(value: bool) -> None:
 app = typer.Typer(
     name="pali",
     cls=PaliGroup,
-    help="Run Google's PaliGemma vision-language models locally: caption, ask, OCR, detect.",
+    help="Run Google's PaliGemma vision-language models locally: caption, ask, OCR, detect, segment.",
     epilog=EPILOG,
     no_args_is_help=True,
     add_completion=False,  # static scripts instead (pali completion SHELL): no Python per <Tab>
@@ -102,7 +108,7 @@ def root(
         bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
 ) -> None:
-    """Run Google's PaliGemma vision-language models locally: caption, ask, OCR, detect."""
+    """Run Google's PaliGemma vision-language models locally: caption, ask, OCR, detect, segment."""
 
 
 def _finish(code: ExitCode) -> None:
@@ -154,13 +160,39 @@ def detect(
         str,
         typer.Argument(metavar="OBJECTS", help='What to find, separated by ";": "car ; person".', show_default=False),
     ] = "",
+    draw: Draw = None,
     *,
     opts: RunOptions,
 ) -> None:
     """Find objects; prints label and box (x_min y_min x_max y_max, in pixels) per line."""
     from pali_cli.jobs import detect_job
 
-    _run(lambda: detect_job(objects), images, opts, 'pali detect IMAGES... "OBJECT ; OBJECT"')
+    _run(lambda: detect_job(objects, draw), images, opts, 'pali detect IMAGES... "OBJECT ; OBJECT"')
+
+
+@app.command(epilog=EXIT_CODES)
+@run_options
+def segment(
+    images: Images = None,
+    objects: Annotated[
+        str,
+        typer.Argument(metavar="OBJECTS", help='What to segment, separated by ";": "cat ; dog".', show_default=False),
+    ] = "",
+    masks_dir: MasksDir = None,
+    draw: Draw = None,
+    seg_decoder: SegDecoder = None,
+    *,
+    opts: RunOptions,
+) -> None:
+    """Segment objects; prints label, box (x_min y_min x_max y_max, in pixels) and mask area per line."""
+    from pali_cli.jobs import segment_job
+
+    _run(
+        lambda: segment_job(objects, seg_decoder, masks_dir, draw),
+        images,
+        opts,
+        'pali segment IMAGES... "OBJECT ; OBJECT"',
+    )
 
 
 @app.command(epilog=EXIT_CODES)

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pali_cli.errors import PaliError
+from pali_cli.errors import CliError
 from pali_cli.jobs import Job
 from pali_cli.records import Record
 
@@ -33,7 +33,8 @@ Loaded = Any  # a PIL image, or the exception that loading it raised
 
 
 def _load(path: Path) -> Loaded:
-    from engine.processing.image import ImageLoadError, load_image
+    from engine import ImageLoadError
+    from engine.processing.image import load_image
 
     try:
         return load_image(path)
@@ -52,7 +53,7 @@ class Prefetcher:
         self._ahead = ahead
 
     def __iter__(self) -> Iterator[list[tuple[Path, Loaded]]]:
-        pending: deque[tuple[list[Path], list[Future]]] = deque()
+        pending: deque[tuple[list[Path], list[Future[Loaded]]]] = deque()
         upcoming = iter(self._batches)
 
         def submit() -> None:
@@ -121,12 +122,12 @@ class ModelCalls:
     def run(self, items: list[tuple[Path, Any]]) -> list[Record]:
         try:
             return self._call(items)
-        except (KeyboardInterrupt, PaliError):
+        except (KeyboardInterrupt, CliError):
             raise
         except Exception as e:  # noqa: BLE001 - the model's failure becomes records, not a crash
             self._failures += 1
             if not self._succeeded and self._failures >= MAX_FAILED_CALLS_BEFORE_FIRST_SUCCESS:
-                raise PaliError(f"the model fails on every image: {type(e).__name__}: {e}") from e
+                raise CliError(f"the model fails on every image: {type(e).__name__}: {e}") from e
             if len(items) > 1:
                 return [r for item in items for r in self.run([item])]
             path = items[0][0]

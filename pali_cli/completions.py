@@ -127,7 +127,8 @@ def _bash_values(values: str | list[str]) -> str:
         FILES: 'compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))',
         DIRS: 'compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur"))',
         PRESETS: 'COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur"))',
-        PRESETS_OR_DIRS: 'compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur") $(compgen -d -- "$cur"))',
+        PRESETS_OR_DIRS: "compopt -o filenames; "
+        'COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur") $(compgen -d -- "$cur"))',
         FREE: "compopt +o default +o bashdefault; COMPREPLY=()",  # free text: no file names
     }[values]
 

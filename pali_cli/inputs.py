@@ -74,7 +74,7 @@ def is_pattern(arg: str) -> bool:
     return bool(_MAGIC.search(arg))
 
 
-def natural_key(path: Path) -> tuple:
+def natural_key(path: Path) -> tuple[tuple[int, int, str], ...]:
     """Sort key that orders digit runs by value: ``a2.jpg`` < ``a10.jpg``."""
     parts = _DIGITS.split(str(path))
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)

@@ -19,10 +19,12 @@ from typing import Annotated, Any
 
 import typer
 
+from engine.sampler_config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, SamplerConfig
 from pali_cli.errors import UsageProblem
 from pali_cli.sidecar import OnExisting
 
 INPUT, OUTPUT, SIDECAR, MODEL, GENERATION = "Input", "Output", "Sidecar files", "Model", "Generation"
+SCALE_OUT = "Scale-out (Ray)"
 
 
 class Sampler(str, Enum):
@@ -63,6 +65,40 @@ Images = Annotated[
     ),
 ]
 Lang = Annotated[str, typer.Option("--lang", "-l", help="Language code of the output, e.g. en, fr, de, zh.")]
+
+# Options of some commands only (detect, segment).
+Draw = Annotated[
+    Path | None,
+    typer.Option(
+        "--draw",
+        metavar="DIR",
+        file_okay=False,
+        help="Also write each image with its results drawn on it to DIR (photo.jpg -> DIR/photo.<command>.png).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+MasksDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--masks-dir",
+        metavar="DIR",
+        file_okay=False,
+        help="Also write one PNG mask per object to DIR (photo.jpg -> DIR/photo.mask0.png, photo.mask1.png ...).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+SegDecoder = Annotated[
+    Path | None,
+    typer.Option(
+        "--seg-decoder",
+        metavar="FILE",
+        envvar="PALI_SEG_DECODER",
+        show_envvar=True,
+        dir_okay=False,
+        help="A local copy of big_vision's mask decoder vae-oid.npz.  \\[default: downloaded once into the cache]",
+        rich_help_panel=MODEL,
+    ),
+]
 
 Recursive = Annotated[
     bool, typer.Option("--recursive", "-r", help="Also take images in subdirectories.", rich_help_panel=INPUT)
@@ -194,7 +230,7 @@ MaxTokens = Annotated[
     typer.Option(
         "--max-tokens",
         min=1,
-        help="Most tokens to generate per image.  \\[default: 128; 256 for ocr and detect]",
+        help="Most tokens to generate per image.  \\[default: 128; 256 for ocr, detect and segment]",
         rich_help_panel=GENERATION,
     ),
 ]
@@ -207,36 +243,66 @@ SamplerOpt = Annotated[
         rich_help_panel=GENERATION,
     ),
 ]
+# The defaults are the engine's (engine.sampler_config), shown here and applied by it.
 Temperature = Annotated[
     float | None,
-    typer.Option("--temperature", help="Sampling temperature (> 0).  \\[default: 1.0]", rich_help_panel=GENERATION),
+    typer.Option(
+        "--temperature",
+        help=f"Sampling temperature (> 0).  \\[default: {DEFAULT_TEMPERATURE}]",
+        rich_help_panel=GENERATION,
+    ),
 ]
 TopK = Annotated[
     int | None,
     typer.Option(
-        "--top-k", min=1, help="Sample among the k likeliest tokens.  \\[default: 50]", rich_help_panel=GENERATION
+        "--top-k",
+        min=1,
+        help=f"Sample among the k likeliest tokens.  \\[default: {DEFAULT_TOP_K}]",
+        rich_help_panel=GENERATION,
     ),
 ]
 TopP = Annotated[
     float | None,
     typer.Option(
         "--top-p",
-        help="Sample from the smallest set of tokens with this total probability (0 < p <= 1).  \\[default: 0.9]",
+        help="Sample from the smallest set of tokens with this total probability (0 < p <= 1)."
+        f"  \\[default: {DEFAULT_TOP_P}]",
         rich_help_panel=GENERATION,
     ),
 ]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.", rich_help_panel=GENERATION)]
-
-
-@dataclass(frozen=True)
-class SamplerChoice:
-    """The decoding strategy after defaults and implications are applied."""
-
-    name: Sampler
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 0.9
-    seed: int | None = None
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="local|ADDRESS",
+        help="Run on Ray: 'local' starts a Ray runtime on this machine, an ADDRESS (auto, HOST:PORT, "
+        'ray://HOST:PORT) joins a cluster. Needs pip install "pali\\[ray]".',
+        rich_help_panel=SCALE_OUT,
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", help="Ray workers, each with its own copy of the model.  \\[default: 1]", rich_help_panel=SCALE_OUT
+    ),
+]
+WorkerCpus = Annotated[
+    float | None,
+    typer.Option(
+        "--worker-cpus",
+        help="CPUs reserved per Ray worker (fractions allowed); also its torch threads.  \\[default: 1]",
+        rich_help_panel=SCALE_OUT,
+    ),
+]
+WorkerGpus = Annotated[
+    float | None,
+    typer.Option(
+        "--worker-gpus",
+        help="GPUs reserved per Ray worker (fractions allowed).  \\[default: 0]",
+        rich_help_panel=SCALE_OUT,
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -268,8 +334,13 @@ class RunOptions:
     top_k: TopK = None
     top_p: TopP = None
     seed: Seed = None
+    ray: RayAddress = None
+    workers: Workers = None
+    worker_cpus: WorkerCpus = None
+    worker_gpus: WorkerGpus = None
 
     def __post_init__(self) -> None:
+        self._check_ray()
         if (self.overwrite or self.retry_failed) and self.output is None:
             flag = "--overwrite" if self.overwrite else "--retry-failed"
             raise UsageProblem(f"{flag} works on a results file; add -o FILE")
@@ -290,7 +361,8 @@ class RunOptions:
                 raise UsageProblem(f"{', '.join(given)} only shape sidecar files; add --sidecar")
         if self.temperature is not None and not self.temperature > 0:
             raise UsageProblem(
-                f"--temperature must be greater than 0, got {self.temperature:g}; use --sampler greedy for deterministic output"
+                f"--temperature must be greater than 0, got {self.temperature:g}; "
+                "use --sampler greedy for deterministic output"
             )
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageProblem(f"--top-p must be in (0, 1], got {self.top_p:g}")
@@ -305,9 +377,34 @@ class RunOptions:
                     f"{', '.join(given)} only apply to sampling; drop them or pick --sampler top-k, top-p or random"
                 )
 
-    def sampler_choice(self) -> SamplerChoice:
-        """Explicit ``--sampler`` wins; otherwise ``--top-p`` implies top-p, ``--top-k`` top-k and a
-        lone ``--temperature`` plain random sampling; with none of them, greedy."""
+    def _check_ray(self) -> None:
+        if self.ray is None:
+            given = [
+                flag
+                for flag, v in (
+                    ("--workers", self.workers),
+                    ("--worker-cpus", self.worker_cpus),
+                    ("--worker-gpus", self.worker_gpus),
+                )
+                if v is not None
+            ]
+            if given:
+                raise UsageProblem(f"{', '.join(given)} only apply to Ray workers; add --ray local or --ray ADDRESS")
+            return
+        if not self.ray.strip():
+            raise UsageProblem("--ray needs 'local' or a cluster address such as auto, HOST:PORT or ray://HOST:PORT")
+        if self.workers is not None and self.workers < 1:
+            raise UsageProblem(f"--workers must be at least 1, got {self.workers}")
+        if self.worker_cpus is not None and not self.worker_cpus > 0:
+            raise UsageProblem(f"--worker-cpus must be greater than 0, got {self.worker_cpus:g}")
+        if self.worker_gpus is not None and not self.worker_gpus >= 0:
+            raise UsageProblem(f"--worker-gpus must be 0 or more, got {self.worker_gpus:g}")
+
+    def sampler_config(self) -> SamplerConfig:
+        """The engine's sampler configuration, filled from the options. Explicit ``--sampler``
+        wins; otherwise ``--top-p`` implies top-p, ``--top-k`` top-k and a lone ``--temperature``
+        plain random sampling; with none of them, greedy. Options not given keep the engine's
+        defaults."""
         name = self.sampler
         if name is None:
             if self.top_p is not None:
@@ -318,12 +415,11 @@ class RunOptions:
                 name = Sampler.random
             else:
                 name = Sampler.greedy
-        base = SamplerChoice(name)
-        return SamplerChoice(
-            name=name,
-            temperature=base.temperature if self.temperature is None else self.temperature,
-            top_k=base.top_k if self.top_k is None else self.top_k,
-            top_p=base.top_p if self.top_p is None else self.top_p,
+        return SamplerConfig(
+            name=name.value,
+            temperature=DEFAULT_TEMPERATURE if self.temperature is None else self.temperature,
+            top_k=DEFAULT_TOP_K if self.top_k is None else self.top_k,
+            top_p=DEFAULT_TOP_P if self.top_p is None else self.top_p,
             seed=self.seed,
         )
 

@@ -1,7 +1,8 @@
 """``pali presets``: list, download, remove and locate model checkpoints.
 
-Thin over ``engine.checkpoints.presets`` (the catalogue) and ``engine.checkpoints.hub`` (caches and downloads), neither of
-which imports torch, so these commands answer instantly.
+Thin over ``engine.checkpoints.presets`` (the catalogue) and ``engine.checkpoints.hub`` (caches and
+downloads), neither of which imports torch, so these commands answer instantly. Their errors reach
+``app.PaliGroup``, which maps them to exit codes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 
-from pali_cli.errors import ModelUnavailable, UsageProblem
 from pali_cli.options import CacheDir, Quiet
 
 presets_app = typer.Typer(
@@ -41,19 +41,6 @@ def _spec(name: str | None) -> str:
     from engine.checkpoints.presets import DEFAULT_PRESET
 
     return (name or "").strip() or DEFAULT_PRESET
-
-
-def _hub_call(func: Any, *args: Any, **kwargs: Any) -> Any:
-    """Runs an engine.checkpoints.hub function, mapping its errors to exit codes."""
-    from engine.checkpoints.hub import ModelUnavailableError
-    from engine.checkpoints.presets import UnknownPresetError
-
-    try:
-        return func(*args, **kwargs)
-    except UnknownPresetError as e:
-        raise UsageProblem(str(e)) from None
-    except ModelUnavailableError as e:
-        raise ModelUnavailable(str(e)) from None
 
 
 def format_bytes(n: int) -> str:
@@ -152,9 +139,9 @@ def download_command(name: Name = None, cache_dir: CacheDir = None, quiet: Quiet
 
     reporter = Reporter(quiet)
     spec = _spec(name)
-    if _hub_call(hub.is_cached, spec, cache_dir):
+    if hub.is_cached(spec, cache_dir):
         reporter.info(f"{spec} is already downloaded.")
-    path = _hub_call(hub.download, spec, cache_dir, quiet=quiet)
+    path = hub.download(spec, cache_dir, quiet=quiet)
     sys.stdout.write(f"{path}\n")
 
 
@@ -165,10 +152,10 @@ def rm_command(name: RequiredName, cache_dir: CacheDir = None, quiet: Quiet = Fa
     from pali_cli.console import Reporter
 
     reporter = Reporter(quiet)
-    freed = _hub_call(hub.remove, name, cache_dir)
+    freed = hub.remove(name, cache_dir)
     if freed:
         reporter.info(f"Removed {name} ({format_bytes(freed)} freed).")
-    elif _hub_call(hub.is_cached, name, cache_dir):
+    elif hub.is_cached(name, cache_dir):
         reporter.warn(
             f"{name} is in the shared Hugging Face cache, which pali does not delete from (use `hf cache delete`)"
         )
@@ -190,5 +177,5 @@ def path_command(
     if name is None:
         sys.stdout.write(f"{hub.default_cache_dir(cache_dir)}\n")
         return
-    path = _hub_call(hub.resolve, name, cache_dir, allow_download=False)
+    path = hub.resolve(name, cache_dir, allow_download=False)
     sys.stdout.write(f"{path}\n")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pali_cli.errors import PaliError
+from pali_cli.errors import CliError
 
 RecordKey = tuple[str, str, str, str]
 
@@ -91,10 +91,10 @@ class Record:
 def _key_of(obj: Any) -> RecordKey | None:
     if not isinstance(obj, dict):
         return None
-    fields = [obj.get(k) for k in ("image", "task", "prompt", "preset")]
-    if not all(isinstance(f, str) for f in fields):
-        return None
-    return make_key(*fields)
+    image, task, prompt, preset = (obj.get(k) for k in ("image", "task", "prompt", "preset"))
+    if isinstance(image, str) and isinstance(task, str) and isinstance(prompt, str) and isinstance(preset, str):
+        return make_key(image, task, prompt, preset)
+    return None
 
 
 class Sink(Protocol):
@@ -118,7 +118,7 @@ class ResultsFile:
         self._truncate = False
         if path.exists():
             if path.is_dir():
-                raise PaliError(f"output {path} is a directory; give a file name such as {path}/results.jsonl")
+                raise CliError(f"output {path} is a directory; give a file name such as {path}/results.jsonl")
             self._load()
 
     # ------------------------------------------------------------------ reading / repairing
@@ -129,7 +129,7 @@ class ResultsFile:
             with open(self.path, "rb") as f:
                 data = f.read()
         except OSError as e:
-            raise PaliError(f"cannot read {self.path}: {e.strerror or e}") from None
+            raise CliError(f"cannot read {self.path}: {e.strerror or e}") from None
         if data and not data.endswith(b"\n"):
             data = self._repair_tail(data)
         for line in data.splitlines():
@@ -216,7 +216,7 @@ class ResultsFile:
                 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_TRUNC if self._truncate else 0)
                 self._fd = os.open(self.path, flags, 0o644)
             except OSError as e:
-                raise PaliError(f"cannot write {self.path}: {e.strerror or e}") from None
+                raise CliError(f"cannot write {self.path}: {e.strerror or e}") from None
         data = memoryview(record.to_line().encode("utf-8"))
         while data:  # regular files take it in one go; the loop is for the odd short write
             written = os.write(self._fd, data)
@@ -248,12 +248,14 @@ class TextStream:
     """Plain text on stdout (one image): the result as the task renders it; failures go to the
     caller, which reports them on stderr."""
 
-    def __init__(self, render: Callable[[Record], str]) -> None:
+    def __init__(self, render: Callable[[Record], str | None]) -> None:
         self._render = render
 
     def write(self, record: Record) -> None:
         if record.ok:
             text = self._render(record)
+            if text is None:  # nothing to show (no object found): no line at all
+                return
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
             sys.stdout.flush()
 

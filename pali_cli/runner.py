@@ -8,13 +8,14 @@ settled before the model is loaded, which takes seconds to minutes.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from pali_cli.batches import BatchContext, GracefulStop, ModelCalls, Prefetcher, process_batch
 from pali_cli.console import Reporter, Stopwatch, format_duration, plural
-from pali_cli.errors import ExitCode, Interrupted, NoInput, UsageProblem
+from pali_cli.errors import ExitCode, Interrupted, NoInput, Terminated, UsageProblem
 from pali_cli.inputs import Expansion, expand_inputs, expand_listed, image_extensions, is_pattern, merge, read_list_file
 from pali_cli.jobs import Job
 from pali_cli.model import canonical_preset, load_model
@@ -33,12 +34,18 @@ class Counts:
 
 def run_command(job: Job, image_args: list[str] | None, opts: RunOptions) -> ExitCode:
     reporter = Reporter(opts.quiet)
+    if opts.ray:
+        from pali_cli.scale_out import require_ray
+
+        require_ray()
     args = list(image_args or [])
     expansion = collect_inputs(args, opts, reporter)
     preset = canonical_preset(opts.preset)
     sidecar = _sidecar_spec(opts)
     if sidecar:
         check_collisions(expansion.paths, sidecar)
+    if job.outputs:
+        job.outputs.check_names(expansion.paths)
     single = _single_image(args, opts)
     results = ResultsFile(opts.output, reporter.warn) if opts.output else None
     sink: Sink
@@ -57,12 +64,21 @@ def run_command(job: Job, image_args: list[str] | None, opts: RunOptions) -> Exi
         reporter.info(f"Nothing to do: all {plural(len(expansion.paths), 'image')} are already {where}.")
         return ExitCode.ITEMS_FAILED if kept_failures else ExitCode.OK
 
-    model = load_model(preset, opts, reporter)
-    ctx = BatchContext(job, preset, opts.max_tokens or job.max_tokens, model)
-    counts = _run(todo, ctx, sink, sidecar, opts, reporter, text_mode=isinstance(sink, TextStream))
+    if job.outputs:
+        job.outputs.check_existing(todo)
+    if job.prepare:
+        job = job.prepare(job, opts, reporter)
+    max_tokens = opts.max_tokens or job.max_tokens
+    text_mode = isinstance(sink, TextStream)
+    if opts.ray:
+        counts = _run_on_ray(todo, job, preset, max_tokens, sink, sidecar, opts, reporter, text_mode)
+    else:
+        model = load_model(preset, opts, reporter)
+        counts = _run(todo, BatchContext(job, preset, max_tokens, model), sink, sidecar, opts, reporter, text_mode)
     if counts.hit_limit:
         reporter.warn(
-            f"{plural(counts.hit_limit, 'output')} stopped at the token limit ({ctx.max_tokens}); raise --max-tokens for longer text"
+            f"{plural(counts.hit_limit, 'output')} stopped at the token limit ({max_tokens}); "
+            "raise --max-tokens for longer text"
         )
     return ExitCode.ITEMS_FAILED if counts.failed or kept_failures else ExitCode.OK
 
@@ -160,7 +176,8 @@ def _plan(
         todo = [p for p in paths if keys[p] not in status]
         if (done or kept_failures) and todo:
             reporter.info(
-                f"Resuming {opts.output}: {done + kept_failures} of {plural(len(paths), 'image')} already recorded, {len(todo)} to go."
+                f"Resuming {opts.output}: {done + kept_failures} of {plural(len(paths), 'image')} already "
+                f"recorded, {len(todo)} to go."
             )
         if kept_failures:
             reporter.warn(f"{plural(kept_failures, 'image')} failed in an earlier run; add --retry-failed to redo them")
@@ -199,6 +216,7 @@ def _run(
             for batch in prefetcher:
                 failed_before = counts.failed
                 for record in process_batch(batch, calls):
+                    record = _write_outputs(ctx.job, record)
                     sink.write(record)
                     _account(record, counts, sidecar, reporter, text_mode)
                 bar.advance(len(batch), failed=counts.failed - failed_before)
@@ -211,9 +229,48 @@ def _run(
         prefetcher.close()
         sink.close()
 
-    seconds = clock.seconds
-    if interrupted:
-        raise Interrupted(f"stopped after {counts.done} of {plural(counts.total, 'image')}", hint=_resume_hint(opts))
+    _finish(counts, clock.seconds, signal.SIGINT if interrupted else None, opts, reporter, text_mode)
+    return counts
+
+
+def _run_on_ray(
+    todo: list[Path],
+    job: Job,
+    preset: str,
+    max_tokens: int,
+    sink: Sink,
+    sidecar: SidecarSpec | None,
+    opts: RunOptions,
+    reporter: Reporter,
+    text_mode: bool,
+) -> Counts:
+    """The same run on Ray workers (pali_cli.scale_out); records come back here to ``sink``."""
+    from pali_cli.scale_out import run_on_ray
+
+    counts = Counts(total=len(todo))
+    clock = Stopwatch()
+
+    def handle(record: Record) -> None:
+        record = _write_outputs(job, record)  # on the driver, like the records and sidecars
+        sink.write(record)
+        _account(record, counts, sidecar, reporter, text_mode)
+
+    stdout_busy = isinstance(sink, (JsonlStream, TextStream)) and sys.stdout.isatty()
+    try:
+        stopped_by = run_on_ray(todo, job, preset, max_tokens, opts, reporter, handle, stdout_busy)
+    finally:
+        sink.close()
+    _finish(counts, clock.seconds, stopped_by, opts, reporter, text_mode)
+    return counts
+
+
+def _finish(
+    counts: Counts, seconds: float, stopped_by: int | None, opts: RunOptions, reporter: Reporter, text_mode: bool
+) -> None:
+    """The summary line, or (stopped by a signal) the exception that carries the resume hint."""
+    if stopped_by is not None:
+        kind = Terminated if stopped_by == signal.SIGTERM else Interrupted
+        raise kind(f"stopped after {counts.done} of {plural(counts.total, 'image')}", hint=_resume_hint(opts))
     if counts.total > 1 or not text_mode:
         rate = counts.done / seconds if seconds > 0 else 0.0
         speed = f"{rate:.2f} img/s" if rate >= 1 else f"{seconds / max(counts.done, 1):.1f} s/img"
@@ -223,7 +280,22 @@ def _run(
         if opts.output:
             parts.append(f"results in {opts.output}")
         reporter.info("; ".join(parts))
-    return counts
+
+
+def _write_outputs(job: Job, record: Record) -> Record:
+    """``--draw`` / ``--masks-dir`` files, before the record: a record that says done means its files
+    exist. When they cannot be written the image becomes an error record (``--retry-failed`` redoes it)."""
+    if job.outputs is None or not record.ok:
+        return record
+    try:
+        job.outputs.write(record)
+    except (OSError, ValueError) as e:
+        what = str(e)
+        if isinstance(e, OSError) and e.strerror:
+            what = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        message = f"cannot write the output files of {record.image} ({what})"
+        return Record(record.image, record.task, record.prompt, record.preset, seconds=record.seconds, error=message)
+    return record
 
 
 def _account(record: Record, counts: Counts, sidecar: SidecarSpec | None, reporter: Reporter, text_mode: bool) -> None:

@@ -96,11 +96,16 @@ def _append(target: Path, content: str) -> None:
 
 
 def _atomic_write(target: Path, content: str) -> None:
+    atomic_write_bytes(target, content.encode("utf-8"))
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    """Writes ``target`` through a sibling temporary file and a rename: never half-written."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(content)
-        # mkstemp makes 0600 files; give the caption the mode a plain open() would have.
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        # mkstemp makes 0600 files; give the file the mode a plain open() would have.
         os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_UMASK)
         os.replace(tmp, target)
     except BaseException:

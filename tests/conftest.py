@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers.fixtures_text import tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401  (shared fixtures)
 
-pytest_plugins = ["tests.helpers.isolation", "pytester"]
+pytest_plugins = ["tests.helpers.isolation", "pytester", "tests.helpers.hub_fixtures"]  # hub_env, fake_hub
 
 # Tests never reach the real hub, and a developer's own token must not leak into them.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

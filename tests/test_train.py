@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,12 +11,18 @@ import torch
 import torch.nn.functional as F
 
 from engine import PaliGemmaBackbone, PaliGemmaCausalLM, PaliGemmaCausalLMPreprocessor, PaliGemmaTokenizer
-from engine.model.config import PaliGemmaConfig, TextConfig, VisionConfig
-from engine.train import _lr_factor, compute_loss, next_token_targets, prepare_batch, suffix_loss
+from engine.model.config import PaliGemmaConfig, TextConfig, Variant, VisionConfig
+from engine.train import StepReport, _lr_factor, compute_loss, next_token_targets, suffix_loss
+from engine.train_data import prepare_batch
 from tests.helpers.checkpoints import MODEL_VOCAB
 from tests.helpers.tiny_tokenizer import train_tiny_tokenizer
 
 IMAGE = 28
+
+
+def _pre(lm: PaliGemmaCausalLM) -> PaliGemmaCausalLMPreprocessor:
+    assert lm.preprocessor is not None
+    return lm.preprocessor
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +30,9 @@ def tokenizer(tmp_path_factory):
     return PaliGemmaTokenizer(train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model"))
 
 
-def tiny_lm(tokenizer, variant: str = "gemma2", seed: int = 0) -> PaliGemmaCausalLM:
+def tiny_lm(tokenizer, variant: Variant = "gemma2", seed: int = 0) -> PaliGemmaCausalLM:
     torch.manual_seed(seed)
-    extra = dict(attn_logit_softcap=50.0, final_logit_softcap=30.0) if variant == "gemma2" else {}
+    softcaps = (50.0, 30.0) if variant == "gemma2" else (None, None)
     config = PaliGemmaConfig(
         vision=VisionConfig(
             hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, image_size=IMAGE, patch_size=7
@@ -40,7 +47,8 @@ def tiny_lm(tokenizer, variant: str = "gemma2", seed: int = 0) -> PaliGemmaCausa
             num_kv_heads=2,
             head_dim=16,
             query_pre_attn_scalar=16.0,
-            **extra,
+            attn_logit_softcap=softcaps[0],
+            final_logit_softcap=softcaps[1],
         ),
     )
     backbone = PaliGemmaBackbone(config)
@@ -53,7 +61,7 @@ def solid(rgb) -> np.ndarray:
     return np.full((IMAGE, IMAGE, 3), rgb, dtype=np.uint8)
 
 
-EXAMPLES = {
+EXAMPLES: dict[str, list[Any]] = {
     "images": [solid((220, 30, 30)), solid((30, 30, 220)), solid((30, 200, 30)), solid((220, 30, 30))],
     "prefixes": ["answer en what color is it?", "answer en what color is it?", "caption en", "detect circle"],
     "suffixes": ["red", "blue", "a green square", "<loc0100><loc0200><loc0700><loc0900> circle"],
@@ -71,13 +79,13 @@ def test_next_token_targets_literal():
 
 def test_loss_equals_cross_entropy_on_the_answer_tokens_only(tokenizer):
     lm = tiny_lm(tokenizer)
-    pre = lm.preprocessor
+    pre = _pre(lm)
     batch = prepare_batch(pre, EXAMPLES["images"], EXAMPLES["prefixes"], EXAMPLES["suffixes"])
     loss = compute_loss(lm.backbone, batch)
     # Independently: full logits from the backbone, then each example's answer scored by hand.
     logits = lm.backbone(batch["pixel_values"], batch["token_ids"], batch["padding_mask"], batch["response_mask"])
     per_example = []
-    for row, (prefix, suffix) in enumerate(zip(EXAMPLES["prefixes"], EXAMPLES["suffixes"])):
+    for row, (prefix, suffix) in enumerate(zip(EXAMPLES["prefixes"], EXAMPLES["suffixes"], strict=True)):
         prompt_len = len(pre.encode_prompt(prefix))
         answer = tokenizer.tokenize(suffix) + [tokenizer.end_token_id]
         terms = [
@@ -89,7 +97,7 @@ def test_loss_equals_cross_entropy_on_the_answer_tokens_only(tokenizer):
 
 def test_prefix_tokens_carry_no_loss(tokenizer):
     lm = tiny_lm(tokenizer)
-    batch = prepare_batch(lm.preprocessor, EXAMPLES["images"], EXAMPLES["prefixes"], EXAMPLES["suffixes"])
+    batch = prepare_batch(_pre(lm), EXAMPLES["images"], EXAMPLES["prefixes"], EXAMPLES["suffixes"])
     hidden = lm.backbone.text_hidden_states(
         batch["pixel_values"], batch["token_ids"], batch["padding_mask"], batch["response_mask"]
     )
@@ -97,6 +105,7 @@ def test_prefix_tokens_carry_no_loss(tokenizer):
     loss = suffix_loss(lm.backbone, hidden, batch["token_ids"], batch["response_mask"])
     loss.backward()
     scored, _ = next_token_targets(batch["token_ids"], batch["response_mask"])
+    assert hidden.grad is not None
     grad_norm = hidden.grad.norm(dim=-1)  # (B, T)
     assert torch.all(grad_norm[~scored] == 0), "a position predicting a prompt token (or padding) got gradient"
     assert torch.all(grad_norm[scored] > 0)
@@ -111,7 +120,7 @@ def test_prefix_tokens_carry_no_loss(tokenizer):
 def test_training_forward_is_prefix_lm(tokenizer, variant):
     """Prompt positions see the whole prompt (and not the answer); answer positions are causal."""
     lm = tiny_lm(tokenizer, variant)
-    pre = lm.preprocessor
+    pre = _pre(lm)
     batch = prepare_batch(pre, [EXAMPLES["images"][2]], ["caption en"], ["a green square"])
     n_prompt = len(pre.encode_prompt("caption en"))
 
@@ -143,7 +152,7 @@ def test_lr_schedule_warmup_then_cosine():
 def test_fit_overfits_a_handful_of_examples_and_generates_them(tokenizer):
     lm = tiny_lm(tokenizer)
     torch.set_num_threads(2)
-    steps = []
+    steps: list[StepReport] = []
     history = lm.fit(EXAMPLES, epochs=80, batch_size=4, learning_rate=3e-3, warmup_steps=5, callback=steps.append)
     assert history.steps == 80 and len(steps) == 80 and steps[-1].total_steps == 80
     assert history.losses[0] > 3.0 and history.losses[-1] < 0.05
@@ -160,16 +169,18 @@ def test_checkpoint_reloads_to_the_same_model(tokenizer, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "config.json",
         "model.safetensors",
+        "preprocessor_config.json",  # the processor files transformers reads (test_transformers_interop.py)
         "tokenizer.model",
+        "tokenizer_config.json",
     ]
     assert not (tmp_path / "ckpt.partial").exists()
     again = PaliGemmaCausalLM.from_preset(tmp_path / "ckpt", dtype="float32", device="cpu")
-    batch = prepare_batch(lm.preprocessor, EXAMPLES["images"], EXAMPLES["prefixes"], EXAMPLES["suffixes"])
+    batch = prepare_batch(_pre(lm), EXAMPLES["images"], EXAMPLES["prefixes"], EXAMPLES["suffixes"])
     with torch.no_grad():  # from_preset may pick other matmul kernels: equal up to rounding
         torch.testing.assert_close(
             compute_loss(again.backbone, batch), compute_loss(lm.backbone, batch), rtol=1e-5, atol=1e-5
         )
-    assert again.preprocessor.tokenizer.tokenize("a green square") == tokenizer.tokenize("a green square")
+    assert _pre(again).tokenizer.tokenize("a green square") == tokenizer.tokenize("a green square")
 
 
 def test_a_loaded_checkpoint_fine_tunes(tokenizer, tmp_path):
@@ -215,6 +226,19 @@ def test_dataset_forms_are_equivalent(tokenizer):
     ]
     assert len(runs[0]) == 4
     assert runs[0] == pytest.approx(runs[1], abs=1e-5) and runs[0] == pytest.approx(runs[2], abs=1e-5)
+
+
+def test_keras_hub_keys_train_alike(tokenizer):
+    """keras-hub's documented keys, prompts/responses, mean prefixes/suffixes in every dataset form."""
+    keras = {"images": EXAMPLES["images"], "prompts": EXAMPLES["prefixes"], "responses": EXAMPLES["suffixes"]}
+    examples = [{k: keras[k][i] for k in keras} for i in range(len(EXAMPLES["prefixes"]))]
+    batches = [{k: keras[k][:2] for k in keras}, {k: keras[k][2:] for k in keras}]
+    expected = tiny_lm(tokenizer).fit(EXAMPLES, epochs=2, batch_size=2, shuffle=False).losses
+    assert tiny_lm(tokenizer).fit(keras, epochs=2, batch_size=2, shuffle=False).losses == pytest.approx(expected)
+    assert tiny_lm(tokenizer).fit(examples, epochs=2, batch_size=2).losses == pytest.approx(expected, abs=1e-5)
+    assert tiny_lm(tokenizer).fit(batches, epochs=2).losses == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="'prompts' or 'prefixes', not both"):
+        tiny_lm(tokenizer).fit({**EXAMPLES, "prompts": EXAMPLES["prefixes"]})
 
 
 def test_dataset_errors_name_the_fix(tokenizer):

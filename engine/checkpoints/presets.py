@@ -7,8 +7,10 @@ aliases. Each row points at the Hugging Face repository that holds the same weig
 This module must stay import-light (no torch, no huggingface_hub): the CLI imports it to list presets
 and to complete names on the command line.
 
-Sources: PALIGEMMA_SPEC.md §4 (decoder sizes), §9 (hub repositories, config.json fields), §10
-(keras-hub preset names, parameter counts, text sequence lengths).
+Sources: big_vision models/ppp/gemma.py and transformers' convert_paligemma{,2}_weights_to_hf.py
+(decoder sizes, config.json fields), the Hugging Face model pages (repositories, branches), keras-hub
+src/models/pali_gemma/pali_gemma_presets.py (preset names, parameter counts) and the big_vision
+PaliGemma README (text sequence lengths).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from engine.errors import LocalModelError, UnknownPresetError
 
 __all__ = [
     "DEFAULT_PRESET",
@@ -30,8 +35,9 @@ __all__ = [
 
 DEFAULT_PRESET = "pali_gemma2_mix_3b_224"
 
-# SentencePiece vocabulary (256000 Gemma + 1024 <loc> + 128 <seg>); Hugging Face adds "<image>" as the
-# next id and pads the embedding matrix to a multiple of 64 (spec §4.3).
+# SentencePiece vocabulary (256000 Gemma + 1024 <loc> + 128 <seg>); Hugging Face adds "<image>" as the next id
+# and pads the embedding matrix to a multiple of 64 (big_vision README "Tokenizer"; transformers'
+# image_token_index).
 IMAGE_TOKEN_INDEX = 257152
 HF_VOCAB_SIZE = 257216
 
@@ -67,48 +73,39 @@ class Preset:
         return _PACKAGE_ROOT / self.package_dir if self.package_dir else None
 
 
-class UnknownPresetError(ValueError):
-    """A preset name that is neither a canonical name nor an alias."""
-
-    def __init__(self, name: str, suggestions: list[str], hint: str = "") -> None:
-        self.name = name
-        self.suggestions = suggestions
-        quoted = [repr(s) for s in suggestions]
-        options = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
-        guess = f"; did you mean {options}?" if suggestions else "."
-        super().__init__(f"unknown preset {name!r}{guess} `pali presets list` shows all presets.{hint}")
-
-
-# PaliGemma 1 repos keep float32 weights on main (11 GB); the bfloat16 branch holds the same model at
-# half the size, and bf16 is what we run (spec §9.1). PaliGemma 2 main is already bfloat16.
+# PaliGemma 1 repos keep float32 weights on main (11 GB); the bfloat16 branch holds the same model at half the
+# size, and bf16 is what we run (big_vision README: "reference float32 checkpoint (11GB)... bfloat16 and
+# float16 variants"). PaliGemma 2 main is already bfloat16.
 _PG1_REVISION = "bfloat16"
 
+_Row = tuple[str, int, str, str, int, int | None, int, str]
+
 # fmt: off
-_TABLE: tuple[tuple, ...] = (
-    # name                           family        size   kind   res  seq   params          hf_repo
-    ("pali_gemma_3b_mix_224",        "paligemma",  "3b",  "mix", 224, 256,  2_923_335_408,  "google/paligemma-3b-mix-224"),
-    ("pali_gemma_3b_mix_448",        "paligemma",  "3b",  "mix", 448, 512,  2_924_220_144,  "google/paligemma-3b-mix-448"),
-    ("pali_gemma_3b_224",            "paligemma",  "3b",  "pt",  224, 128,  2_923_335_408,  "google/paligemma-3b-pt-224"),
-    ("pali_gemma_3b_448",            "paligemma",  "3b",  "pt",  448, 512,  2_924_220_144,  "google/paligemma-3b-pt-448"),
-    ("pali_gemma_3b_896",            "paligemma",  "3b",  "pt",  896, 512,  2_927_759_088,  "google/paligemma-3b-pt-896"),
-    ("pali_gemma2_mix_3b_224",       "paligemma2", "3b",  "mix", 224, None, 3_032_094_960,  "google/paligemma2-3b-mix-224"),
-    ("pali_gemma2_mix_3b_448",       "paligemma2", "3b",  "mix", 448, None, 3_032_979_696,  "google/paligemma2-3b-mix-448"),
-    ("pali_gemma2_mix_10b_224",      "paligemma2", "10b", "mix", 224, None, 9_662_409_456,  "google/paligemma2-10b-mix-224"),
-    ("pali_gemma2_mix_10b_448",      "paligemma2", "10b", "mix", 448, None, 9_663_294_192,  "google/paligemma2-10b-mix-448"),
-    ("pali_gemma2_mix_28b_224",      "paligemma2", "28b", "mix", 224, None, 27_650_192_112, "google/paligemma2-28b-mix-224"),
-    ("pali_gemma2_mix_28b_448",      "paligemma2", "28b", "mix", 448, None, 27_651_076_848, "google/paligemma2-28b-mix-448"),
-    ("pali_gemma2_pt_3b_224",        "paligemma2", "3b",  "pt",  224, None, 3_032_094_960,  "google/paligemma2-3b-pt-224"),
-    ("pali_gemma2_pt_3b_448",        "paligemma2", "3b",  "pt",  448, None, 3_032_979_696,  "google/paligemma2-3b-pt-448"),
-    ("pali_gemma2_pt_3b_896",        "paligemma2", "3b",  "pt",  896, None, 3_036_518_640,  "google/paligemma2-3b-pt-896"),
-    ("pali_gemma2_pt_10b_224",       "paligemma2", "10b", "pt",  224, None, 9_662_409_456,  "google/paligemma2-10b-pt-224"),
-    ("pali_gemma2_pt_10b_448",       "paligemma2", "10b", "pt",  448, None, 9_663_294_192,  "google/paligemma2-10b-pt-448"),
-    ("pali_gemma2_pt_10b_896",       "paligemma2", "10b", "pt",  896, None, 9_666_833_136,  "google/paligemma2-10b-pt-896"),
-    ("pali_gemma2_pt_28b_224",       "paligemma2", "28b", "pt",  224, None, 27_650_192_112, "google/paligemma2-28b-pt-224"),
-    # keras-hub's metadata repeats the 224 count for 28B 448/896; these are the recomputed values (§10.1).
-    ("pali_gemma2_pt_28b_448",       "paligemma2", "28b", "pt",  448, None, 27_651_076_848, "google/paligemma2-28b-pt-448"),
-    ("pali_gemma2_pt_28b_896",       "paligemma2", "28b", "pt",  896, None, 27_654_615_792, "google/paligemma2-28b-pt-896"),
-    ("pali_gemma_2_ft_docci_3b_448", "paligemma2", "3b",  "ft",  448, None, 3_032_979_696,  "google/paligemma2-3b-ft-docci-448"),
-    ("pali_gemma2_ft_docci_10b_448", "paligemma2", "10b", "ft",  448, None, 9_663_294_192,  "google/paligemma2-10b-ft-docci-448"),
+_TABLE: tuple[_Row, ...] = (
+    # name                           PG size   kind   res  seq   params          hf_repo
+    ("pali_gemma_3b_mix_224",        1, "3b",  "mix", 224, 256,  2_923_335_408,  "google/paligemma-3b-mix-224"),
+    ("pali_gemma_3b_mix_448",        1, "3b",  "mix", 448, 512,  2_924_220_144,  "google/paligemma-3b-mix-448"),
+    ("pali_gemma_3b_224",            1, "3b",  "pt",  224, 128,  2_923_335_408,  "google/paligemma-3b-pt-224"),
+    ("pali_gemma_3b_448",            1, "3b",  "pt",  448, 512,  2_924_220_144,  "google/paligemma-3b-pt-448"),
+    ("pali_gemma_3b_896",            1, "3b",  "pt",  896, 512,  2_927_759_088,  "google/paligemma-3b-pt-896"),
+    ("pali_gemma2_mix_3b_224",       2, "3b",  "mix", 224, None, 3_032_094_960,  "google/paligemma2-3b-mix-224"),
+    ("pali_gemma2_mix_3b_448",       2, "3b",  "mix", 448, None, 3_032_979_696,  "google/paligemma2-3b-mix-448"),
+    ("pali_gemma2_mix_10b_224",      2, "10b", "mix", 224, None, 9_662_409_456,  "google/paligemma2-10b-mix-224"),
+    ("pali_gemma2_mix_10b_448",      2, "10b", "mix", 448, None, 9_663_294_192,  "google/paligemma2-10b-mix-448"),
+    ("pali_gemma2_mix_28b_224",      2, "28b", "mix", 224, None, 27_650_192_112, "google/paligemma2-28b-mix-224"),
+    ("pali_gemma2_mix_28b_448",      2, "28b", "mix", 448, None, 27_651_076_848, "google/paligemma2-28b-mix-448"),
+    ("pali_gemma2_pt_3b_224",        2, "3b",  "pt",  224, None, 3_032_094_960,  "google/paligemma2-3b-pt-224"),
+    ("pali_gemma2_pt_3b_448",        2, "3b",  "pt",  448, None, 3_032_979_696,  "google/paligemma2-3b-pt-448"),
+    ("pali_gemma2_pt_3b_896",        2, "3b",  "pt",  896, None, 3_036_518_640,  "google/paligemma2-3b-pt-896"),
+    ("pali_gemma2_pt_10b_224",       2, "10b", "pt",  224, None, 9_662_409_456,  "google/paligemma2-10b-pt-224"),
+    ("pali_gemma2_pt_10b_448",       2, "10b", "pt",  448, None, 9_663_294_192,  "google/paligemma2-10b-pt-448"),
+    ("pali_gemma2_pt_10b_896",       2, "10b", "pt",  896, None, 9_666_833_136,  "google/paligemma2-10b-pt-896"),
+    ("pali_gemma2_pt_28b_224",       2, "28b", "pt",  224, None, 27_650_192_112, "google/paligemma2-28b-pt-224"),
+    # keras-hub's metadata repeats the 224 count for 28B 448/896; these are recomputed from the architecture.
+    ("pali_gemma2_pt_28b_448",       2, "28b", "pt",  448, None, 27_651_076_848, "google/paligemma2-28b-pt-448"),
+    ("pali_gemma2_pt_28b_896",       2, "28b", "pt",  896, None, 27_654_615_792, "google/paligemma2-28b-pt-896"),
+    ("pali_gemma_2_ft_docci_3b_448", 2, "3b",  "ft",  448, None, 3_032_979_696,  "google/paligemma2-3b-ft-docci-448"),
+    ("pali_gemma2_ft_docci_10b_448", 2, "10b", "ft",  448, None, 9_663_294_192,  "google/paligemma2-10b-ft-docci-448"),
 )
 
 # Other names users may have: keras-hub called the PaliGemma 2 presets pali_gemma2_<size>_<kind>_<res>
@@ -132,8 +129,12 @@ _KIND_TEXT = {
 }
 
 
-def _row_to_preset(row: tuple) -> Preset:
-    name, family, size, kind, res, seq, params, repo = row
+_FAMILY = {1: "paligemma", 2: "paligemma2"}  # the table's PG column: PaliGemma 1 or 2
+
+
+def _row_to_preset(row: _Row) -> Preset:
+    name, generation, size, kind, res, seq, params, repo = row
+    family = _FAMILY[generation]
     title = f"{_FAMILY_TITLE[family]} {size.upper()} {res} px"
     return Preset(
         name=name,
@@ -204,8 +205,9 @@ def _close_matches(name: str) -> list[str]:
     return canonical[:3]
 
 
-# Decoder shapes per (family, size), spec §4.1 and §4.2. query_pre_attn_scalar is Gemma 2's query
-# scale denominator: head_dim, except 28B where big_vision scales by hidden / heads = 144.
+# Decoder shapes per (family, size): big_vision gemma_2b / gemma2_{2b,9b,27b}, transformers' VARIANT_CONFIGS.
+# query_pre_attn_scalar is Gemma 2's query scale denominator: head_dim, except 28B where big_vision scales by
+# hidden / heads = 144.
 _DECODER_FIELDS = (
     "num_hidden_layers",
     "hidden_size",
@@ -225,26 +227,27 @@ _DECODERS: dict[tuple[str, str], tuple[int | None, ...]] = {
 }
 # fmt: on
 
-# SigLIP So400m/14 without its pooling head, identical in every preset (spec §2).
-_VISION = {
+# SigLIP So400m/14 without its pooling head, identical in every preset (big_vision models/vit.py "So400m").
+_PATCH_SIZE = 14
+_VISION: dict[str, Any] = {
     "model_type": "siglip_vision_model",
     "hidden_size": 1152,
     "intermediate_size": 4304,
     "num_hidden_layers": 27,
     "num_attention_heads": 16,
     "num_channels": 3,
-    "patch_size": 14,
+    "patch_size": _PATCH_SIZE,
     "hidden_act": "gelu_pytorch_tanh",
     "layer_norm_eps": 1e-6,
     "vision_use_head": False,
 }
 
 
-def hf_config_for(preset: Preset | str) -> dict:
+def hf_config_for(preset: Preset | str) -> dict[str, Any]:
     """A ``config.json``-style dict (Hugging Face ``PaliGemmaConfig`` layout) for ``preset``.
 
     Lets callers build any preset's architecture without downloading it (parameter counts, full-size
-    benchmarks on random weights). Written from the spec's tables, with every field spelled out
+    benchmarks on random weights). Written from the tables above, with every field spelled out
     instead of relying on Hugging Face's class defaults. The demo preset's config is its bundled
     ``config.json``.
     """
@@ -252,14 +255,36 @@ def hf_config_for(preset: Preset | str) -> dict:
         preset = get_preset(preset)
     if preset.family == "demo":
         return _bundled_config(preset)
-
-    decoder = {
-        key: value for key, value in zip(_DECODER_FIELDS, _DECODERS[(preset.family, preset.size)]) if value is not None
-    }
+    shape = _DECODERS[(preset.family, preset.size)]
+    decoder = {key: value for key, value in zip(_DECODER_FIELDS, shape, strict=True) if value is not None}
     hidden = decoder["hidden_size"]
-    num_image_tokens = (preset.image_size // _VISION["patch_size"]) ** 2
-    text = {
-        "model_type": "gemma" if preset.family == "paligemma" else "gemma2",
+    num_image_tokens = (preset.image_size // _PATCH_SIZE) ** 2
+    vision = {
+        **_VISION,
+        "image_size": preset.image_size,
+        "num_image_tokens": num_image_tokens,
+        "projection_dim": hidden,
+    }
+    config: dict[str, Any] = {
+        "architectures": ["PaliGemmaForConditionalGeneration"],
+        "model_type": "paligemma",
+        "bos_token_id": 2,
+        "eos_token_id": 1,
+        "pad_token_id": 0,
+        "image_token_index": IMAGE_TOKEN_INDEX,
+        "projection_dim": hidden,
+        "torch_dtype": "bfloat16",
+        "text_config": _text_config(preset.family, decoder, num_image_tokens),
+        "vision_config": vision,
+    }
+    if preset.family == "paligemma":
+        config["hidden_size"] = hidden  # PaliGemma 1 files carry it; the PaliGemma 2 converter drops it
+    return config
+
+
+def _text_config(family: str, decoder: dict[str, int], num_image_tokens: int) -> dict[str, Any]:
+    text: dict[str, Any] = {
+        "model_type": "gemma" if family == "paligemma" else "gemma2",
         **decoder,
         "vocab_size": HF_VOCAB_SIZE,
         "num_image_tokens": num_image_tokens,
@@ -270,41 +295,23 @@ def hf_config_for(preset: Preset | str) -> dict:
         "tie_word_embeddings": True,
         "torch_dtype": "bfloat16",
     }
-    if preset.family == "paligemma2":
+    if family == "paligemma2":
         text.update(
             attn_logit_softcapping=50.0,
             final_logit_softcapping=30.0,
             sliding_window=4096,  # on even layers (0, 2, ...); a no-op below 4096 tokens
             cache_implementation="hybrid",
         )
-    vision = {
-        **_VISION,
-        "image_size": preset.image_size,
-        "num_image_tokens": num_image_tokens,
-        "projection_dim": hidden,
-    }
-    config = {
-        "architectures": ["PaliGemmaForConditionalGeneration"],
-        "model_type": "paligemma",
-        "bos_token_id": 2,
-        "eos_token_id": 1,
-        "pad_token_id": 0,
-        "image_token_index": IMAGE_TOKEN_INDEX,
-        "projection_dim": hidden,
-        "torch_dtype": "bfloat16",
-        "text_config": text,
-        "vision_config": vision,
-    }
-    if preset.family == "paligemma":
-        config["hidden_size"] = hidden  # PaliGemma 1 files carry it; the PaliGemma 2 converter drops it
-    return config
+    return text
 
 
-def _bundled_config(preset: Preset) -> dict:
+def _bundled_config(preset: Preset) -> dict[str, Any]:
     path = preset.bundled_dir / "config.json" if preset.bundled_dir else None
     if path is None or not path.is_file():
-        raise FileNotFoundError(
+        raise LocalModelError(
             f"preset {preset.name!r} ships inside the pali package but {path} is missing: "
-            "this installation does not include the demo model; reinstall pali."
+            "this installation does not include the demo model; reinstall pali.",
+            label=preset.name,
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return config

@@ -25,11 +25,12 @@ from torch import nn
 
 from engine.checkpoints.aligned_file import ALIGNMENT, is_padding, write_aligned
 from engine.checkpoints.weights import load_backbone, weight_files
+from engine.errors import QuantizeError
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import PaliGemmaConfig
 from engine.runtime.capabilities import CpuCapabilities
 from engine.runtime.kernels import aligned
-from engine.runtime.quantize import INT4_GROUP, QuantizeError, check_mode, int4_layout, quantize_backbone
+from engine.runtime.quantize import INT4_GROUP, check_mode, int4_layout, quantize_backbone
 
 # 1: safetensors' own layout (offsets set by the header length: misaligned for the int8 kernel).
 # 2: every tensor on a 64-byte boundary.

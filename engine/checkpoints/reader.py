@@ -2,9 +2,9 @@
 
 :class:`TensorReader` copies a tensor's bytes through one small reused buffer, casting on the way:
 a load never holds a second copy of a shard (not even as mapped file pages, which count in RSS
-until unmapped) and never faults in fresh memory for the source (a fp32 load of a bf16 3B
-checkpoint: 8-17 s, against 13-18 s through safetensors' sliced reads; page faults in a VM vary
-from run to run). Where the bytes land is engine.runtime.memory's business.
+until unmapped) and never faults in fresh memory for the source, which also makes it faster than
+safetensors' sliced reads (benchmarks/RESULTS.md). Where the bytes land is engine.runtime.memory's
+business.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from engine.errors import CheckpointError
 from engine.runtime.kernels import scratch
 
 READ_CHUNK_BYTES = 16 * 1024**2  # source bytes read per step: the only extra memory a load uses
@@ -48,7 +49,7 @@ class TensorReader:
             self._header.pop("__metadata__", None)
         except (struct.error, ValueError, MemoryError, OverflowError) as e:
             self._file.close()
-            raise ValueError(f"{self.path}: not a safetensors file (bad header: {e})") from None
+            raise CheckpointError(f"{self.path}: not a safetensors file (bad header: {e})") from None
         self._data_start = 8 + length
 
     def __enter__(self) -> TensorReader:
@@ -70,24 +71,24 @@ class TensorReader:
         info = self._header[name]
         src = SAFETENSORS_DTYPES.get(info["dtype"])
         if src is None:
-            raise ValueError(f"{self.path}: {name} has dtype {info['dtype']}, which pali does not read")
+            raise CheckpointError(f"{self.path}: {name} has dtype {info['dtype']}, which pali does not read")
         begin, end = info["data_offsets"]
         flat = out.view(-1)
         size = src.itemsize
         if (end - begin) != flat.numel() * size:
-            raise ValueError(f"{self.path}: {name} holds {end - begin} bytes, expected {flat.numel() * size}")
+            raise CheckpointError(f"{self.path}: {name} holds {end - begin} bytes, expected {flat.numel() * size}")
         step = max(1, READ_CHUNK_BYTES // size)
         buf = scratch((step * size,), torch.uint8, torch.device("cpu"))  # reused: no fresh page faults
         self._file.seek(self._data_start + begin)
         for start in range(0, flat.numel(), step):
             n = min(step, flat.numel() - start)
             chunk = buf[: n * size]
-            view = memoryview(chunk.numpy())
+            view = memoryview(chunk.numpy())  # type: ignore[arg-type]  # numpy arrays are buffers
             got = 0
             while got < n * size:  # readinto may return short counts
                 read = self._file.readinto(view[got:])
                 if not read:
-                    raise OSError(f"{self.path}: file ends inside {name}; the download may be truncated")
+                    raise CheckpointError(f"{self.path}: file ends inside {name}; the download may be truncated")
                 got += read
             flat[start : start + n].copy_(chunk.view(src))
         return out

@@ -13,7 +13,7 @@ Three kinds of examples, all with the prompts engine.processing.tasks builds (so
     detect square                        -> <loc0208><loc0456><loc0536><loc0784> square
 
 Captions list the shapes in a fixed order (circle, square, triangle) so each scene has exactly one
-right caption. Boxes are ``y_min, x_min, y_max, x_max`` (PaliGemma's order, spec §12.1) and tight
+right caption. Boxes are ``y_min, x_min, y_max, x_max`` (PaliGemma's order: big_vision refcoco_mask2str) and tight
 around the drawn shape. Everything is a pure function of a ``random.Random``: the same seed gives
 the same scenes, images and texts on every machine.
 
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from engine.errors import InputError
 from engine.processing.tasks import answer_prompt, caption_prompt, detect_prompt
 
 GRID = 128  # geometry units per image side; one unit = 1024 / GRID = 8 detection bins
@@ -137,7 +138,8 @@ def random_scene(rng: random.Random) -> Scene:
     shapes = []
     for kind, x, y, size in sorted(placed, key=lambda p: KINDS.index(p[0])):
         color = rng.choice(list(COLORS))
-        rgb = tuple(min(255, max(0, c + rng.randint(-COLOR_JITTER, COLOR_JITTER))) for c in COLORS[color])
+        r, g, b = (min(255, max(0, c + rng.randint(-COLOR_JITTER, COLOR_JITTER))) for c in COLORS[color])
+        rgb = (r, g, b)
         shapes.append(Shape(kind, color, rgb, x, y, size))
     return Scene(background=rng.randint(225, 255), shapes=tuple(shapes))
 
@@ -158,13 +160,13 @@ def make_example(scene: Scene, task: str, kind: str | None = None) -> Example:
     if task == "caption":
         return Example(scene, task, caption_prompt("en"), caption(scene))
     target = scene.shape(kind) if kind else None
-    if target is None:
-        raise ValueError(f"the scene has no {kind!r}; ask about one of {[s.kind for s in scene.shapes]}")
+    if target is None or kind is None:
+        raise InputError(f"the scene has no {kind!r}; ask about one of {[s.kind for s in scene.shapes]}")
     if task == "vqa":
         return Example(scene, task, answer_prompt(color_question(kind)), target.color, target)
     if task == "detect":
         return Example(scene, task, detect_prompt(kind), f"{target.loc_text} {kind}", target)
-    raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    raise InputError(f"unknown task {task!r}; choose one of {TASKS}")
 
 
 def random_example(rng: random.Random, weights: dict[str, float] | None = None) -> Example:

@@ -1,6 +1,7 @@
 """PaliGemmaBackbone: vision tower -> linear projector -> Gemma decoder, as one prefix-LM.
 
-Sequence layout fed to the decoder (spec §6): ``[image tokens][text tokens]``; image features are
+Sequence layout fed to the decoder (big_vision models/proj/paligemma/paligemma.py; transformers
+modeling_paligemma.py builds the same with <image> placeholders): ``[image tokens][text tokens]``; image features are
 projected but never scaled, text embeddings are scaled by sqrt(H). Positions count real tokens
 only (0-based, image tokens first), so any padding layout gives the same numbers.
 """
@@ -10,12 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.errors import InputError
 from engine.model.config import PaliGemmaConfig, TextConfig, VisionConfig
 from engine.model.masks import prefix_lm_mask, window_mask
 from engine.model.text import Decoder, Masks
 from engine.model.vision import VisionTower
 
 
+# Over 50 lines only because of keras-hub's 21-keyword signature, kept whole so that its argument
+# names and defaults read side by side with keras-hub's PaliGemmaBackbone.
 def _config_from_keras_kwargs(
     vocabulary_size: int = 257152,
     image_size: int = 224,
@@ -91,16 +95,35 @@ class PaliGemmaBackbone(nn.Module):
         """float[B, 3, R, R] in [-1, 1] -> projected image tokens float[B, N_img, H] (unscaled)."""
         size = self.config.image_size
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
-            raise ValueError(f"pixel_values must be [B, 3, {size}, {size}], got {list(pixel_values.shape)}")
+            raise InputError(f"pixel_values must be [B, 3, {size}, {size}], got {list(pixel_values.shape)}")
         return self.projector(self.vision_tower(pixel_values))
 
     def prefill_masks(self, input_mask: torch.Tensor, mask_ar: torch.Tensor, positions: torch.Tensor) -> Masks:
         """Masks for a whole sequence: input_mask, mask_ar bool[B, S]; positions int[B, S]."""
-        full = prefix_lm_mask(input_mask, mask_ar)
-        if not any(layer.sliding for layer in self.language_model.layers):
-            return Masks(full)
         prefix = ~mask_ar
-        window = window_mask(positions, positions, prefix, prefix, self.config.text.sliding_window)
+        return self._masks(prefix_lm_mask(input_mask, mask_ar), positions, positions, prefix, prefix)
+
+    def decode_masks(self, q_pos: torch.Tensor, key_valid: torch.Tensor, key_pos: torch.Tensor) -> Masks:
+        """Masks for one new (causal) token per row against the cache: q_pos int[B, 1]; key_valid
+        bool[B, S] (slots holding a real token, the new one included); key_pos int[B, S]."""
+        full = key_valid[:, None, None, :]  # (B, 1, 1, S)
+        not_prefix = torch.zeros_like(q_pos, dtype=torch.bool)  # a generated token is never prefix
+        return self._masks(full, q_pos, key_pos, not_prefix, torch.zeros_like(key_valid))
+
+    def _masks(
+        self,
+        full: torch.Tensor,
+        q_pos: torch.Tensor,
+        k_pos: torch.Tensor,
+        q_prefix: torch.Tensor,
+        k_prefix: torch.Tensor,
+    ) -> Masks:
+        """The global mask, plus the sliding layers' one when the model has any: the window rule
+        (engine.model.masks.window_mask) is applied here for prefill and decode alike."""
+        size = self.config.text.sliding_window
+        if size is None or not any(layer.sliding for layer in self.language_model.layers):
+            return Masks(full)
+        window = window_mask(q_pos, k_pos, q_prefix, k_prefix, size)
         return Masks(full, full & window)
 
     def forward(
@@ -123,6 +146,11 @@ class PaliGemmaBackbone(nn.Module):
         """Final-norm hidden states of the text positions float[B, T, H] (for losses that need only
         some positions' logits)."""
         b, t = token_ids.shape
+        if pixel_values.shape[0] != b:  # transformers refuses this too ("Image features and image tokens do not match")
+            n = pixel_values.shape[0]
+            raise InputError(
+                f"got {n} image{'s' if n != 1 else ''} (pixel_values) for {b} rows of token_ids; pass one image per row"
+            )
         n_img = self.num_image_tokens
         device = token_ids.device
         padding_mask = (

@@ -2,8 +2,10 @@
 
 Serialized Hugging Face configs omit every value equal to the class default (``head_dim``,
 ``rope_theta``, ``image_size``...), and those class defaults are *not* PaliGemma's values for several
-fields (spec §9.3, pitfall 24). So every field here has an explicit PaliGemma default, and the
-decoder variant is read from ``text_config.model_type`` -- never guessed (pitfall 19).
+fields (transformers' SiglipVisionConfig defaults to patch 16 and width 768, PaliGemmaConfig to
+image_token_index 256000). So every field here has an explicit PaliGemma default, and the decoder
+variant is read from ``text_config.model_type`` -- never guessed: a PaliGemma 2 checkpoint run as
+Gemma 1 repeats one token forever (hkproj/pytorch-paligemma issue #6).
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.errors import CheckpointError, InputError
+
 Variant = Literal["gemma", "gemma2"]
 WindowPolicy = Literal["none", "transformers"]
 
-
-class ConfigError(ValueError):
-    """A config.json that cannot describe a PaliGemma model."""
+# The released checkpoints' <image> id: the first id after the tokenizer's 257152 pieces (256000
+# Gemma + 1024 <loc> + 128 <seg>; transformers' convert_paligemma_weights_to_hf.py).
+IMAGE_TOKEN_INDEX = 257152
+# What released text configs say (Gemma's training context); pali's RoPE has no limit of its own.
+MAX_POSITION_EMBEDDINGS = 8192
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,10 @@ class PaliGemmaConfig:
     pad_token_id: int = 0
     eos_token_id: int = 1
     bos_token_id: int = 2
+    # Hugging Face's <image> placeholder id. pali never feeds it (image features are prepended), but
+    # transformers reads it from config.json, and its class default (256000) is <loc0000> in the real
+    # vocabulary, so it is kept on load and always written.
+    image_token_index: int = IMAGE_TOKEN_INDEX
 
     @property
     def num_image_tokens(self) -> int:
@@ -101,9 +111,10 @@ class PaliGemmaConfig:
         return self.vision.image_size
 
 
-# Values Gemma 2 configs omit when they equal transformers' Gemma2Config defaults (spec §9.3).
+# Values Gemma 2 configs omit when they equal transformers' Gemma2Config defaults (configuration_gemma2.py).
 _GEMMA2_DEFAULTS = dict(attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096)
-_GEMMA2_28B_HIDDEN = 4608  # the one variant whose query scale is not head_dim**-0.5 (spec §4.2)
+_GEMMA2_28B_HIDDEN = 4608  # the one variant whose query scale is not head_dim**-0.5 (big_vision
+# models/ppp/gemma.py "rsqrt_emb_per_head"; transformers' convert_paligemma2_weights_to_hf.py: 4608 // 32)
 
 
 def _rope_theta(text: dict) -> float:
@@ -120,7 +131,7 @@ def text_config_from_hf(text: dict) -> TextConfig:
     """Pure: the `text_config` block of a Hugging Face PaliGemma config.json -> TextConfig."""
     variant = text.get("model_type")
     if variant not in ("gemma", "gemma2"):
-        raise ConfigError(
+        raise CheckpointError(
             f"text_config.model_type is {variant!r}; expected 'gemma' (PaliGemma 1) or 'gemma2' (PaliGemma 2)"
         )
     hidden = int(text.get("hidden_size", 2048 if variant == "gemma" else 2304))
@@ -155,7 +166,7 @@ def text_config_from_hf(text: dict) -> TextConfig:
 def vision_config_from_hf(vision: dict) -> VisionConfig:
     """Pure: the `vision_config` block -> VisionConfig (PaliGemma's values as defaults, not Siglip's)."""
     if vision.get("vision_use_head"):
-        raise ConfigError("vision_config.vision_use_head is true; PaliGemma's tower has no pooling head")
+        raise CheckpointError("vision_config.vision_use_head is true; PaliGemma's tower has no pooling head")
     return VisionConfig(
         hidden_size=int(vision.get("hidden_size", 1152)),
         intermediate_size=int(vision.get("intermediate_size", 4304)),
@@ -170,29 +181,30 @@ def vision_config_from_hf(vision: dict) -> VisionConfig:
 def from_hf_config(config: dict, window_policy: WindowPolicy = "none") -> PaliGemmaConfig:
     """Pure: a parsed Hugging Face PaliGemma config.json -> PaliGemmaConfig."""
     if config.get("model_type") not in (None, "paligemma"):
-        raise ConfigError(f"model_type is {config.get('model_type')!r}, not 'paligemma'")
+        raise CheckpointError(f"model_type is {config.get('model_type')!r}, not 'paligemma'")
     if "text_config" not in config or "vision_config" not in config:
-        raise ConfigError("config.json has no text_config/vision_config; is this a PaliGemma checkpoint?")
+        raise CheckpointError("config.json has no text_config/vision_config; is this a PaliGemma checkpoint?")
     text = text_config_from_hf(config["text_config"])
     if window_policy not in ("none", "transformers"):
-        raise ConfigError(f"window policy {window_policy!r}: use 'none' or 'transformers'")
+        raise InputError(f"window policy {window_policy!r}: use 'none' or 'transformers'")
     text = replace(text, window_policy=window_policy)
     vision = vision_config_from_hf(config["vision_config"])
     for name, value in (("hidden_size", text.hidden_size), ("num_heads", text.num_heads)):
         if value <= 0:
-            raise ConfigError(f"text_config.{name} must be positive, got {value}")
+            raise CheckpointError(f"text_config.{name} must be positive, got {value}")
     if text.num_heads % text.num_kv_heads:
-        raise ConfigError(
+        raise CheckpointError(
             f"num_attention_heads ({text.num_heads}) is not a multiple of num_key_value_heads ({text.num_kv_heads})"
         )
     if vision.image_size % vision.patch_size:
-        raise ConfigError(f"image_size {vision.image_size} is not a multiple of patch_size {vision.patch_size}")
+        raise CheckpointError(f"image_size {vision.image_size} is not a multiple of patch_size {vision.patch_size}")
     return PaliGemmaConfig(
         vision=vision,
         text=text,
         pad_token_id=int(config.get("pad_token_id", 0) or 0),
         eos_token_id=int(config.get("eos_token_id", 1) or 1),
         bos_token_id=int(config.get("bos_token_id", 2) or 2),
+        image_token_index=int(config.get("image_token_index", config.get("image_token_id", IMAGE_TOKEN_INDEX))),
     )
 
 
@@ -202,22 +214,28 @@ def load_config(checkpoint_dir: str | Path, window_policy: WindowPolicy = "none"
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; a checkpoint directory needs config.json") from None
+        raise CheckpointError(f"{path}: not found; a checkpoint directory needs config.json") from None
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON ({e}); re-download the checkpoint") from None
+        raise CheckpointError(f"{path}: invalid JSON ({e}); re-download the checkpoint") from None
     try:
         return from_hf_config(raw, window_policy)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except InputError:
+        raise  # an argument of ours (the window policy), not the file
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: bad value ({e})") from None
+        raise CheckpointError(f"{path}: bad value ({e})") from None
 
 
-def to_hf_config(config: PaliGemmaConfig) -> dict:
-    """Inverse of from_hf_config: a config.json dict in Hugging Face's PaliGemma layout, with every
-    field written out (nothing left to class defaults), for checkpoints we save ourselves."""
+# Over 50 lines only because it is one literal dict: it reads as the config.json it writes.
+def to_hf_config(config: PaliGemmaConfig, torch_dtype: str = "float32") -> dict:
+    """Inverse of from_hf_config: a config.json dict in Hugging Face's PaliGemma layout, for
+    checkpoints we save ourselves. Every field the released files carry is written out (nothing is
+    left to transformers' class defaults, several of which are not PaliGemma's), except
+    ``transformers_version``, which names the library that wrote the file. ``torch_dtype`` is the
+    dtype the weights are stored in."""
     t, v = config.text, config.vision
-    text = {
+    text: dict[str, Any] = {
         "model_type": t.variant,
         "vocab_size": t.vocab_size,
         "hidden_size": t.hidden_size,
@@ -229,7 +247,9 @@ def to_hf_config(config: PaliGemmaConfig) -> dict:
         "rms_norm_eps": t.rms_norm_eps,
         "rope_theta": t.rope_theta,
         "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": MAX_POSITION_EMBEDDINGS,
         "num_image_tokens": v.num_patches,
+        "torch_dtype": torch_dtype,
     }
     if t.variant == "gemma2":
         text.update(
@@ -240,6 +260,7 @@ def to_hf_config(config: PaliGemmaConfig) -> dict:
             attn_logit_softcapping=t.attn_logit_softcap,
             final_logit_softcapping=t.final_logit_softcap,
             sliding_window=t.sliding_window,
+            cache_implementation="hybrid",  # Gemma 2's local/global cache, as the released files say
         )
     vision = {
         "model_type": "siglip_vision_model",
@@ -253,17 +274,25 @@ def to_hf_config(config: PaliGemmaConfig) -> dict:
         "hidden_act": "gelu_pytorch_tanh",
         "vision_use_head": False,
         "projection_dim": t.hidden_size,
+        "projector_hidden_act": "gelu_fast",  # released PaliGemma 1 files carry it; the projector is linear
         "num_image_tokens": v.num_patches,
+        "num_positions": v.num_patches,
     }
-    return {
+    top: dict[str, Any] = {
         "architectures": ["PaliGemmaForConditionalGeneration"],
         "model_type": "paligemma",
         "text_config": text,
         "vision_config": vision,
+        "image_token_index": config.image_token_index,
+        "ignore_index": -100,
         "projection_dim": t.hidden_size,
         "hidden_size": t.hidden_size,
         "pad_token_id": config.pad_token_id,
         "eos_token_id": config.eos_token_id,
         "bos_token_id": config.bos_token_id,
         "vocab_size": t.vocab_size,
+        "torch_dtype": torch_dtype,
     }
+    if t.variant == "gemma2":
+        top["num_hidden_layers"] = t.num_layers  # transformers' PaliGemma 2 converter writes it
+    return top

@@ -8,7 +8,7 @@ maps it to ``pre_feedforward_layernorm`` here so the block reads the same for bo
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +120,9 @@ class Decoder(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size, TiedEmbedding)
+        # Typed as what the decoder calls; engine.runtime.quantize may swap in an int8 module with the
+        # same dtype, forward and attend.
+        self.embed_tokens = cast(TiedEmbedding, embedding(cfg.vocab_size, cfg.hidden_size, TiedEmbedding))
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 

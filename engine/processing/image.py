@@ -4,7 +4,8 @@
 only PIL and numpy, so the CLI can validate inputs without importing torch. ``preprocess_images``
 turns a batch into the model's input, ``float32[B, 3, R, R]`` in [-1, 1]; torch is imported inside it.
 
-Pixel pipeline (spec §8.1): RGB uint8 -> squash-resize to R x R (no crop, no aspect-ratio padding:
+Pixel pipeline (big_vision pp/ops_image.py and value_range(-1, 1); transformers
+SiglipImageProcessor): RGB uint8 -> squash-resize to R x R (no crop, no aspect-ratio padding:
 PaliGemma was trained on squashed images) -> uint8 -> ``x / 127.5 - 1`` -> NCHW.
 
 Resize filter. The checkpoints were trained in big_vision with ``tf.image.resize(method="bilinear",
@@ -36,15 +37,17 @@ import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from engine.errors import ImageLoadError, InputError
+
 if TYPE_CHECKING:
     import torch
 
-ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
 RESAMPLE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -54,10 +57,6 @@ _PLUGIN_HINTS = {
     ".avif": "install pillow-avif-plugin (or a Pillow built with AVIF) or convert it to JPEG/PNG",
 }
 _WHITE = (255, 255, 255, 255)
-
-
-class ImageLoadError(ValueError):
-    """An image could not be read or converted; the message is one line naming the input."""
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -255,9 +254,9 @@ def _from_array(a: np.ndarray) -> Image.Image:
 def resize_square(img: Image.Image, image_size: int, resample: str = "bilinear") -> Image.Image:
     """Squash-resizes an RGB image to ``image_size`` x ``image_size`` with the named filter."""
     if resample not in RESAMPLE_FILTERS:
-        raise ValueError(f"unknown resample filter {resample!r}; choose one of {sorted(RESAMPLE_FILTERS)}")
+        raise InputError(f"unknown resample filter {resample!r}; choose one of {sorted(RESAMPLE_FILTERS)}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        raise InputError(f"image_size must be a positive int, got {image_size!r}")
     if img.size == (image_size, image_size):
         return img
     return img.resize((image_size, image_size), RESAMPLE_FILTERS[resample])
@@ -276,13 +275,16 @@ def preprocess_images(
     """
     import torch
 
+    batch: list[Any]
     if isinstance(images, np.ndarray) and images.ndim == 4:
-        images = list(images)
-    elif not isinstance(images, (list, tuple)):
-        images = [images]
-    if not images:
-        raise ValueError("preprocess_images() needs at least one image")
-    pixels = np.stack([np.asarray(resize_square(load_image(im), image_size, resample)) for im in images])
+        batch = list(images)
+    elif isinstance(images, (list, tuple)):
+        batch = list(images)
+    else:
+        batch = [images]
+    if not batch:
+        raise InputError("preprocess_images() needs at least one image")
+    pixels = np.stack([np.asarray(resize_square(load_image(im), image_size, resample)) for im in batch])
     # uint8 [B, H, W, 3] -> float32 [B, 3, H, W]; x/127.5 - 1 maps 0..255 onto [-1, 1].
     chw = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
     return torch.from_numpy(chw / np.float32(127.5) - np.float32(1.0))

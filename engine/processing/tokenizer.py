@@ -22,30 +22,30 @@ from typing import Any, overload
 
 import sentencepiece as spm
 
-# PaliGemma's special-token convention (spec §8.6). Checkpoints were trained with these ids, so a
-# tokenizer.model that disagrees is the wrong file, not a variant to adapt to.
+from engine.errors import CheckpointError, InputError
+
+# PaliGemma's special-token convention (transformers' convert_paligemma_weights_to_hf.py, Gemma's vocabulary).
+# Checkpoints were trained with these ids, so a tokenizer.model that disagrees is the wrong file, not a
+# variant to adapt to.
 _EXPECTED_SPECIAL_IDS = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
 _CONVENTIONAL_PIECES = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>"}
 NUM_LOC_TOKENS = 1024
 NUM_SEG_TOKENS = 128
 TOKENIZER_FILENAME = "tokenizer.model"
-
-
-class TokenizerLoadError(ValueError):
-    """The tokenizer.model file is missing, unreadable or not a PaliGemma tokenizer."""
+IMAGE_TOKEN = "<image>"  # Hugging Face's placeholder; not a piece of the real tokenizer.model
 
 
 def loc_token(i: int) -> str:
     """Text of the i-th location token, e.g. ``loc_token(51) == "<loc0051>"``."""
     if not 0 <= i < NUM_LOC_TOKENS:
-        raise ValueError(f"location index must be in [0, {NUM_LOC_TOKENS}), got {i}")
+        raise InputError(f"location index must be in [0, {NUM_LOC_TOKENS}), got {i}")
     return f"<loc{i:04d}>"
 
 
 def seg_token(i: int) -> str:
     """Text of the i-th segmentation token, e.g. ``seg_token(7) == "<seg007>"``."""
     if not 0 <= i < NUM_SEG_TOKENS:
-        raise ValueError(f"segmentation index must be in [0, {NUM_SEG_TOKENS}), got {i}")
+        raise InputError(f"segmentation index must be in [0, {NUM_SEG_TOKENS}), got {i}")
     return f"<seg{i:03d}>"
 
 
@@ -72,7 +72,7 @@ class PaliGemmaTokenizer:
         self.end_token_id: int = ids["eos"]
         self.start_token_id: int = ids["bos"]
         self.unk_token_id: int = ids["unk"]
-        self.vocabulary_size: int = self._sp.get_piece_size()
+        self._size: int = self._sp.get_piece_size()
         self.newline_token_id: int = self._single_piece_id("\n")
         self._dropped_on_detokenize = frozenset((self.pad_token_id, self.end_token_id, self.start_token_id))
 
@@ -88,35 +88,35 @@ class PaliGemmaTokenizer:
     def _load(self, proto: str | Path | bytes) -> spm.SentencePieceProcessor:
         if isinstance(proto, (bytes, bytearray)):
             if not proto:
-                raise TokenizerLoadError("tokenizer bytes are empty; pass the contents of tokenizer.model")
+                raise CheckpointError("tokenizer bytes are empty; pass the contents of tokenizer.model")
             try:
                 return spm.SentencePieceProcessor(model_proto=bytes(proto))
             except (RuntimeError, OSError) as e:
-                raise TokenizerLoadError(
+                raise CheckpointError(
                     f"tokenizer bytes are not a SentencePiece model ({_first_line(e)}); "
                     "pass the contents of a PaliGemma tokenizer.model"
                 ) from None
         path = Path(proto)
         if not path.is_file():
-            raise TokenizerLoadError(
+            raise CheckpointError(
                 f"tokenizer file not found: {path}; the checkpoint directory must contain "
                 f"{TOKENIZER_FILENAME} (re-download the model)"
             )
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise TokenizerLoadError(f"cannot read tokenizer file {path}: {e.strerror or e}") from None
+            raise CheckpointError(f"cannot read tokenizer file {path}: {e.strerror or e}") from None
         if not data:
-            raise TokenizerLoadError(f"tokenizer file {path} is empty; re-download the model")
+            raise CheckpointError(f"tokenizer file {path} is empty; re-download the model")
         try:
             return spm.SentencePieceProcessor(model_proto=data)
         except (RuntimeError, OSError):
-            raise TokenizerLoadError(
+            raise CheckpointError(
                 f"tokenizer file {path} is corrupt or not a SentencePiece model; re-download the model"
             ) from None
 
-    def _fail(self, problem: str) -> TokenizerLoadError:
-        return TokenizerLoadError(
+    def _fail(self, problem: str) -> CheckpointError:
+        return CheckpointError(
             f"{self._source} is not a PaliGemma tokenizer: {problem}; use the tokenizer.model "
             "that ships with the PaliGemma checkpoint"
         )
@@ -155,6 +155,24 @@ class PaliGemmaTokenizer:
 
     # ----------------------------------------------------------------------------- lookups
 
+    def vocabulary_size(self) -> int:
+        """Number of SentencePiece pieces (keras-hub's method; 257152 for the real tokenizer)."""
+        return self._size
+
+    def get_vocabulary(self) -> list[str]:
+        """Every piece, indexed by id (keras-hub's ``get_vocabulary``)."""
+        return [self._sp.id_to_piece(i) for i in range(self._size)]
+
+    @property
+    def image_token_id(self) -> int:
+        """The id Hugging Face's processor gives ``<image>``: the first id after the pieces (257152 for
+        the real tokenizer, transformers' image_token_index), unless the model has such a piece itself.
+        pali never feeds it (image features are prepended); checkpoints it saves record it."""
+        try:
+            return self.token_to_id(IMAGE_TOKEN)
+        except KeyError:
+            return self._size
+
     def loc_token_id(self, i: int) -> int:
         """Id of ``<locNNNN>`` (256000 + i in the real tokenizer)."""
         return self.token_to_id(loc_token(i))
@@ -177,15 +195,14 @@ class PaliGemmaTokenizer:
         return self._sp.id_to_piece(int(token_id))
 
     def _check_id(self, token_id: int) -> None:
-        if not 0 <= int(token_id) < self.vocabulary_size:
-            raise ValueError(
-                f"token id {int(token_id)} is outside the tokenizer's vocabulary [0, {self.vocabulary_size})"
-            )
+        if not 0 <= int(token_id) < self._size:
+            raise InputError(f"token id {int(token_id)} is outside the tokenizer's vocabulary [0, {self._size})")
 
     # ----------------------------------------------------------------------------- text <-> ids
 
+    # A str is also a Sequence[str]; the str overload comes first, so it is the one that applies.
     @overload
-    def tokenize(self, text: str) -> list[int]: ...
+    def tokenize(self, text: str) -> list[int]: ...  # type: ignore[overload-overlap]
     @overload
     def tokenize(self, text: Sequence[str]) -> list[list[int]]: ...
 
@@ -199,6 +216,13 @@ class PaliGemmaTokenizer:
         return self._sp.encode(texts, out_type=int)
 
     __call__ = tokenize
+
+    @overload
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+    @overload
+    def detokenize(self, ids: Sequence[Sequence[int]]) -> list[str]: ...
+    @overload
+    def detokenize(self, ids: Any) -> str | list[str]: ...
 
     def detokenize(self, ids: Any) -> str | list[str]:
         """Text of a sequence of ids (list, tuple, numpy array or tensor), or a list of texts for a
@@ -218,7 +242,7 @@ class PaliGemmaTokenizer:
         return self._sp.decode(kept)
 
     def __repr__(self) -> str:
-        return f"PaliGemmaTokenizer({self._source!r}, vocabulary_size={self.vocabulary_size})"
+        return f"PaliGemmaTokenizer({self._source!r}, vocabulary_size={self._size})"
 
 
 def _first_line(e: BaseException) -> str:

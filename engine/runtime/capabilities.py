@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from engine.errors import InputError
+
 ENV_VAR = "PALI_CPU"
 
 
@@ -99,12 +101,12 @@ def detect_cpu() -> CpuCapabilities:
 
 
 def parse_level(spec: str) -> CpuCapabilities | None:
-    """``PALI_CPU``'s value -> capabilities (None for ``auto``); ValueError names the choices."""
+    """``PALI_CPU``'s value -> capabilities (None for ``auto``); InputError names the choices."""
     key = spec.strip().lower().replace("-", "_")
     if key in ("", "auto"):
         return None
     if key not in LEVELS:
-        raise ValueError(f"{ENV_VAR}={spec!r} is not a CPU level; use auto or one of: {', '.join(LEVELS)}")
+        raise InputError(f"{ENV_VAR}={spec!r} is not a CPU level; use auto or one of: {', '.join(LEVELS)}")
     return LEVELS[key]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.errors import InputError
 from engine.runtime.capabilities import CpuCapabilities, cpu_capabilities
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -21,9 +22,9 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available; use device 'cpu' or 'auto'")
+        raise InputError(f"device {spec!r} requested but CUDA is not available; use device 'cpu' or 'auto'")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {spec!r} requested but MPS is not available; use device 'cpu' or 'auto'")
+        raise InputError(f"device {spec!r} requested but MPS is not available; use device 'cpu' or 'auto'")
     return device
 
 
@@ -46,7 +47,7 @@ def resolve_dtype(
     if name in DTYPES:
         return DTYPES[name], "requested"
     if name != "auto":
-        raise ValueError(f"unknown dtype {spec!r}; use auto, bfloat16, float16 or float32")
+        raise InputError(f"unknown dtype {spec!r}; use auto, bfloat16, float16 or float32")
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "GPU supports bfloat16"
@@ -64,5 +65,5 @@ def set_num_threads(n: int | None) -> None:
     """Intra-op threads for CPU kernels (None keeps torch's default: one per core)."""
     if n is not None:
         if n < 1:
-            raise ValueError(f"threads must be >= 1, got {n}")
+            raise InputError(f"threads must be >= 1, got {n}")
         torch.set_num_threads(n)

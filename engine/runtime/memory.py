@@ -1,19 +1,15 @@
 """Memory for weights that a load must convert: huge pages where the OS offers them.
 
 A checkpoint tensor already in the target dtype is used in place, memory-mapped from the file
-(engine.checkpoints.weights): nothing to copy, and a 3B model "loads" in 0.3 s. A tensor that must be cast (bf16
-hub files run in fp32, fp32 files in bf16) needs memory of its own, and this module provides it (the bytes are read by
-engine.checkpoints.reader):
+(engine.checkpoints.weights): nothing to copy. A tensor that must be cast (bf16 hub files run in
+fp32, fp32 files in bf16) needs memory of its own, and this module provides it (the bytes are read
+by engine.checkpoints.reader):
 
 * **Huge pages.** A converted weight of 2 MiB or more gets an anonymous mapping advised for 2 MiB
   pages (Linux transparent huge pages, ``madvise`` mode). Decode streams every weight once per
-  token; with 4 KiB pages the TLB misses constantly and prefetchers stop at every page edge. On the
-  benchmark machine (2-core AMD EPYC VM) a one-row fp32 GEMV reads 3-45% faster from huge pages,
-  depending on shape and run (``python -m benchmarks.floors``: 15.3 -> 17.1 GB/s on the MLP up
-  projection, 15.0 -> 15.4 on the down projection; another run 14-18 -> 21-22); PaliGemma 3B in
-  fp32 prefills ~10% and decodes ~5% faster end to end. Copying same-dtype weights too was
-  measured and rejected: +5 s of load (page faults at ~1 GB/s in a VM) for 2-3% faster bf16
-  decode. Elsewhere (macOS, Windows, THP off) plain ``torch.empty`` is used.
+  token; with 4 KiB pages the TLB misses constantly and prefetchers stop at every page edge (the
+  measured gains, and why same-dtype weights are not copied onto huge pages, are in
+  benchmarks/RESULTS.md). Elsewhere (macOS, Windows, THP off) plain ``torch.empty`` is used.
 
 Each large weight has its own mapping, so a tensor that is dropped later (quantization replaces
 every linear) gives its memory back; one arena for all would live as long as its last small view.

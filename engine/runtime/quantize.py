@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import QuantizeError
 from engine.model.backbone import PaliGemmaBackbone
 from engine.runtime.capabilities import CpuCapabilities, cpu_capabilities
 from engine.runtime.int4 import Int4Linear, Int4TiedEmbedding
@@ -51,10 +52,6 @@ QUANT_MODES = ("int8", "int4")
 INT4_GROUP = 128  # inputs per int4 scale/zero: the measured default (benchmarks/RESULTS.md)
 PACK_MAX_ROWS = 32  # up to here _weight_int8pack_mm beats dequantize + GEMM (benchmarks/floors.py)
 PACK_ROW_MULTIPLE = 16  # int8 row lengths the packed kernel is safe for (bytes)
-
-
-class QuantizeError(ValueError):
-    """An unknown quantization mode or an unusable quantized cache."""
 
 
 def check_mode(mode: str) -> str:

@@ -72,18 +72,19 @@ def detection_hit(text: str, example: shapes.Example) -> tuple[bool, bool]:
     found = parse_detections(text, 1, 1)
     if not found:
         return False, False
-    first = found[0]
-    return iou(first.normalized, example.target.box) > 0.5, first.label == example.target.kind
+    first, target = found[0], example.target
+    assert target is not None, "a detection example names its target shape"
+    return iou(first.normalized, target.box) > 0.5, first.label == target.kind
 
 
 def evaluate(lm, seed: int = HELD_OUT_SEED, count: int = 200) -> Scores:
     ex = held_out_examples(seed, count)
     captions = answers(lm, ex["caption"])
     vqa = answers(lm, ex["vqa"])
-    det = [detection_hit(t, e) for t, e in zip(answers(lm, ex["detect"]), ex["detect"])]
+    det = [detection_hit(t, e) for t, e in zip(answers(lm, ex["detect"]), ex["detect"], strict=True)]
     return Scores(
-        caption_exact=sum(t == e.suffix for t, e in zip(captions, ex["caption"])) / count,
-        vqa_accuracy=sum(t.strip() == e.suffix for t, e in zip(vqa, ex["vqa"])) / count,
+        caption_exact=sum(t == e.suffix for t, e in zip(captions, ex["caption"], strict=True)) / count,
+        vqa_accuracy=sum(t.strip() == e.suffix for t, e in zip(vqa, ex["vqa"], strict=True)) / count,
         detection_iou50=sum(hit for hit, _ in det) / count,
         detection_label=sum(label for _, label in det) / count,
         count=count,

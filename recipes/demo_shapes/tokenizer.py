@@ -1,11 +1,12 @@
 """The demo model's SentencePiece tokenizer: PaliGemma's special-token layout on a tiny vocabulary.
 
-Same conventions as the real tokenizer (spec §8.6), so the engine treats it like any other:
-pad=0, eos=1, bos=2, unk=3, ``"\\n"`` one piece, ``<loc0000>``..``<loc1023>`` and
-``<seg000>``..``<seg127>`` single pieces (user-defined symbols), byte fallback for anything the
-vocabulary lacks, spaces and newlines kept verbatim. Only the ids differ (loc tokens start at 5,
-not 256000), which the engine reads from the file. Trained on the prompts and answers of the
-shapes task, so every word the task uses is one or two pieces.
+Same conventions as the real tokenizer (whose special ids transformers'
+convert_paligemma_weights_to_hf.py writes), so the engine treats it like any other: pad=0, eos=1,
+bos=2, unk=3, ``"\\n"`` one piece, ``<loc0000>``..``<loc1023>`` and ``<seg000>``..``<seg127>``
+single pieces (user-defined symbols), byte fallback for anything the vocabulary lacks, spaces and
+newlines kept verbatim. Only the ids differ (loc tokens start at 5, not 256000), which the engine
+reads from the file. Trained on the prompts and answers of the shapes task, so every word the task
+uses is one or two pieces.
 """
 
 from __future__ import annotations

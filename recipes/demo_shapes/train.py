@@ -34,6 +34,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 # Spinning OpenMP workers slow down tenfold when the two cores are shared with other processes;
@@ -131,7 +132,7 @@ def build(tokenizer_path: Path, seed: int = INIT_SEED, **sizes: int):
 
     torch.manual_seed(seed)
     tokenizer = PaliGemmaTokenizer(train_demo_tokenizer(tokenizer_path))
-    config = demo_config(_padded_vocab(tokenizer.vocabulary_size), **sizes)
+    config = demo_config(_padded_vocab(tokenizer.vocabulary_size()), **sizes)
     backbone = PaliGemmaBackbone(config)
     init_demo_weights(backbone, tokenizer, seed)
     pre = PaliGemmaCausalLMPreprocessor(tokenizer, config.image_size, sequence_length=64)
@@ -154,7 +155,7 @@ def _stage2_reporter(name: str) -> Callable[[StepReport], None]:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the pali-demo-shapes model from scratch.")
     parser.add_argument("--out", type=Path, default=DEMO_DIR, help="checkpoint directory (default: the package's)")
     parser.add_argument("--vision-steps", type=int, default=2500, help="stage 1: vision tower alone")
@@ -166,31 +167,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--final-learning-rate", type=float, default=3e-4, help="stage 3")
     parser.add_argument("--polish-learning-rate", type=float, default=1e-4, help="stage 4")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _stages(args: argparse.Namespace) -> tuple[TrainConfig, TrainConfig, TrainConfig, TrainConfig]:
+    """The shared settings, then stages 2, 3 and 4 (the last one run writes the checkpoint)."""
+    lr = args.learning_rate
+    common = TrainConfig(weight_decay=0.01, schedule="cosine", max_grad_norm=1.0, precision="float32", batch_size=None)
+    stage2 = replace(common, learning_rate=lr, warmup_steps=200, freeze=("vision_tower",))
+    last = "polish" if args.polish_steps else "all"  # the last stage writes the checkpoint
+    stage3 = replace(
+        common,
+        learning_rate=args.final_learning_rate,
+        warmup_steps=100,
+        checkpoint_dir=args.out if last == "all" else None,
+    )
+    stage4 = replace(common, learning_rate=args.polish_learning_rate, warmup_steps=50, checkpoint_dir=args.out)
+    return common, stage2, stage3, stage4
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     lm = build(args.out / "tokenizer.model", INIT_SEED)
     n_params = sum(p.numel() for p in lm.backbone.parameters())
     lr, bs = args.learning_rate, args.batch_size
-    common = dict(weight_decay=0.01, schedule="cosine", max_grad_norm=1.0, precision="float32", batch_size=None)
-    stage2 = TrainConfig(learning_rate=lr, warmup_steps=200, freeze=("vision_tower",), **common)
-    last = "polish" if args.polish_steps else "all"  # the last stage writes the checkpoint
-    stage3 = TrainConfig(
-        learning_rate=args.final_learning_rate,
-        warmup_steps=100,
-        checkpoint_dir=args.out if last == "all" else None,
-        **common,
-    )
-    stage4 = TrainConfig(learning_rate=args.polish_learning_rate, warmup_steps=50, checkpoint_dir=args.out, **common)
+    common, stage2, stage3, stage4 = _stages(args)
     print(
         f"pali-demo-shapes: {n_params / 1e6:.2f} M parameters, {lm.backbone.num_image_tokens} image tokens, "
-        f"vocabulary {lm.preprocessor.tokenizer.vocabulary_size}, sizes {DEMO_SIZES}"
+        f"vocabulary {lm.preprocessor.tokenizer.vocabulary_size()}, sizes {DEMO_SIZES}"
     )
     print(
         f"settings: steps (vision, frozen, all, polish)=({args.vision_steps}, {args.frozen_steps}, {args.steps}, "
         f"{args.polish_steps}) batch_size={bs} lr={lr} (stage 3: {stage3.learning_rate:g}, stage 4: "
-        f"{stage4.learning_rate:g}) weight_decay={common['weight_decay']} clip={common['max_grad_norm']} "
+        f"{stage4.learning_rate:g}) weight_decay={common.weight_decay} clip={common.max_grad_norm} "
         f"tasks={TASK_WEIGHTS} (stage 4: {POLISH_WEIGHTS}) seeds (init, vision, data)=({INIT_SEED}, {VISION_SEED}, "
         f"{TRAIN_SEED}) threads={args.threads} torch={torch.__version__}",
         flush=True,

@@ -1,14 +1,9 @@
-"""engine.checkpoints.hub end to end against a fake Hugging Face Hub on 127.0.0.1 (tests/helpers/fake_hub.py).
-
-huggingface_hub reads a few settings once, when it is imported (endpoint, offline flag, telemetry,
-token file path). engine.checkpoints.hub reads HF_ENDPOINT / HF_HUB_OFFLINE / HF_TOKEN itself at call time; the
-``env`` fixture also pins those import-time constants so that no test depends on the order in which
-modules were imported, or on the developer's own login.
-"""
+"""engine.checkpoints.hub end to end against a fake Hugging Face Hub on 127.0.0.1 (tests/helpers/fake_hub.py):
+downloads, reuse of the caches, local directories, remove, cache locations. Failures are in
+test_hub_failures.py; the fixtures in conftest.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,67 +12,17 @@ import sys
 from pathlib import Path
 
 import huggingface_hub
-import huggingface_hub.constants as hf_constants
 import numpy as np
 import pytest
 from safetensors.numpy import save
 
 from engine.checkpoints import hub
-from engine.checkpoints.presets import UnknownPresetError
-from tests.helpers.fake_hub import FakeHub
-
-PRESET = "pali_gemma2_mix_3b_224"
-REPO = "google/paligemma2-3b-mix-224"
-WANTED = ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json")
-TOKEN = "hf_fake_valid_token"
-
-
-def checkpoint_files(weights: int = 20_000, **extra: bytes) -> dict[str, bytes]:
-    """Small stand-ins for a repo's files; only names and bytes matter to the download code."""
-    tensors = {"embed": np.arange(weights, dtype=np.float32), "norm": np.ones(8, dtype=np.float32)}
-    return {
-        "config.json": b'{"model_type": "paligemma"}',
-        "model.safetensors": save(tensors),
-        "tokenizer.model": b"\x0a\x05dummy-sentencepiece",
-        "tokenizer_config.json": b"{}",
-        "README.md": b"# not downloaded: pali does not need it",
-        ".gitattributes": b"*.safetensors filter=lfs",
-        **extra,
-    }
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    tmp_path = tmp_path.resolve()  # snapshot paths come back resolved
-    caches = {"pali": tmp_path / "pali-cache", "hf": tmp_path / "hf-home" / "hub"}
-    monkeypatch.setenv("PALI_CACHE_DIR", str(caches["pali"]))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(caches["hf"]))
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)  # no registry fetch
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
-    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
-    return caches
-
-
-@pytest.fixture
-def fake_hub(env, monkeypatch):
-    with FakeHub(token=TOKEN) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def assert_same_files(folder: Path, files: dict[str, bytes], names=WANTED) -> None:
-    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
-    for name in names:
-        assert (folder / name).read_bytes() == files[name], name
-
+from engine.errors import (
+    LocalModelError,
+    ModelUnavailableError,
+    UnknownPresetError,
+)
+from tests.helpers.hub_repos import PRESET, REPO, WANTED, assert_same_files, checkpoint_files
 
 # ----------------------------------------------------------------------------- download and reuse
 
@@ -210,17 +155,17 @@ def test_local_directory(tmp_path, env):
     assert hub.is_cached(str(tmp_path / "ckpt"))
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(hub.LocalModelError, match="no config.json"):
+    with pytest.raises(LocalModelError, match="no config.json"):
         hub.resolve(str(tmp_path / "empty"))
-    with pytest.raises(hub.LocalModelError, match="is a file"):
+    with pytest.raises(LocalModelError, match="is a file"):
         hub.resolve(str(tmp_path / "ckpt" / "config.json"))
-    with pytest.raises(hub.LocalModelError, match="no such directory"):
+    with pytest.raises(LocalModelError, match="no such directory"):
         hub.resolve(str(tmp_path / "missing"))
 
 
 def test_bare_repo_id_hints_at_hf_uri(env, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(hub.LocalModelError, match="hf://google/paligemma2-3b-mix-224"):
+    with pytest.raises(LocalModelError, match="hf://google/paligemma2-3b-mix-224"):
         hub.resolve("google/paligemma2-3b-mix-224")
 
 
@@ -235,156 +180,13 @@ def test_bundled_demo_model_resolves_or_says_it_is_missing(env):
     from engine.checkpoints.presets import get_preset
 
     demo = get_preset("pali-demo-shapes")
+    assert demo.bundled_dir is not None
     if (demo.bundled_dir / "config.json").is_file():
         assert hub.resolve("pali-demo-shapes") == demo.bundled_dir
     else:
-        with pytest.raises(hub.LocalModelError, match="pali-demo-shapes"):
+        with pytest.raises(LocalModelError, match="pali-demo-shapes"):
             hub.resolve("pali-demo-shapes")
         assert not hub.is_cached("pali-demo-shapes")
-
-
-# ----------------------------------------------------------------------------- interrupted downloads
-
-
-def test_connection_dropped_mid_file_resumes_with_a_range_request(fake_hub, monkeypatch):
-    files = checkpoint_files(weights=50_000)
-    fake_hub.add_repo(REPO, files)
-    fake_hub.add_fault(REPO, "model.safetensors", ("drop", 60_000))
-    # huggingface_hub writes 10 MiB chunks; small chunks let a 200 kB file resume mid-way.
-    monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 4096)
-
-    folder = hub.resolve(PRESET, quiet=True)
-
-    assert sha256(folder / "model.safetensors") == hashlib.sha256(files["model.safetensors"]).hexdigest()
-    ranges = [r.range for r in fake_hub.requests if r.path.startswith("/cdn/") and r.range]
-    assert len(ranges) == 1 and 0 < int(ranges[0].removeprefix("bytes=").rstrip("-")) <= 60_000
-
-
-def test_failed_download_continues_on_the_next_call(fake_hub, env):
-    files = checkpoint_files(weights=50_000)
-    fake_hub.add_repo(REPO, files)
-    # The connection drops, and the retry meets a server error: this call gives up.
-    fake_hub.add_fault(REPO, "model.safetensors", ("drop", 60_000), ("status", 503))
-
-    with pytest.raises(hub.ModelUnavailableError, match="503"):
-        hub.resolve(PRESET, quiet=True)
-    assert not hub.is_cached(PRESET)
-    fake_hub.clear_requests()
-
-    folder = hub.resolve(PRESET, quiet=True)
-
-    assert_same_files(folder, files)
-    fetched = [r.path.rsplit("/", 1)[-1] for r in fake_hub.requests if r.method == "GET" and "/resolve/" in r.path]
-    assert "config.json" not in fetched  # finished files were kept; only the broken one came again
-    assert any(r.path.startswith("/cdn/") for r in fake_hub.requests)
-
-
-@pytest.mark.slow  # huggingface_hub sleeps 1 s before each of its 5 retries
-def test_connection_lost_for_good_is_an_interrupted_download(fake_hub, monkeypatch):
-    files = checkpoint_files(weights=50_000)
-    fake_hub.add_repo(REPO, files)
-    fake_hub.add_fault(REPO, "model.safetensors", ("drop", 60_000), *[("drop", 0)] * 5)
-    monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 4096)
-
-    with pytest.raises(hub.DownloadInterruptedError, match=f"pali presets download {PRESET}"):
-        hub.resolve(PRESET, quiet=True)
-
-    fake_hub.clear_faults()
-    assert_same_files(hub.resolve(PRESET, quiet=True), files)
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-def test_offline_and_not_cached(fake_hub, monkeypatch):
-    fake_hub.add_repo(REPO, checkpoint_files())
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    with pytest.raises(hub.OfflineError) as caught:
-        hub.resolve(PRESET)
-
-    message = str(caught.value)
-    assert PRESET in message and "HF_HUB_OFFLINE" in message
-    assert f"pali presets download {PRESET}" in message
-    assert fake_hub.requests == []
-
-
-def test_no_download_allowed_and_not_cached(fake_hub):
-    fake_hub.add_repo(REPO, checkpoint_files())
-    with pytest.raises(hub.OfflineError, match=f"pali presets download {PRESET}"):
-        hub.resolve(PRESET, allow_download=False)
-    assert fake_hub.requests == []
-
-
-def test_unreachable_hub_and_not_cached(env, monkeypatch):
-    with FakeHub() as server:
-        url = server.url  # a port that nothing listens on once the server is stopped
-    monkeypatch.setenv("HF_ENDPOINT", url)
-    with pytest.raises(hub.OfflineError, match="cannot reach"):
-        hub.resolve(PRESET, quiet=True)
-
-
-def test_401_asks_for_a_login_and_never_shows_the_token(fake_hub, monkeypatch):
-    fake_hub.add_repo(REPO, checkpoint_files(), access="private")
-
-    with pytest.raises(hub.AuthenticationRequiredError) as caught:
-        hub.resolve(PRESET, quiet=True)
-    message = str(caught.value)
-    assert "HF_TOKEN" in message and "hf auth login" in message
-    assert f"https://huggingface.co/{REPO}" in message and "no token" in message
-
-    wrong = "hf_wrong_secret_value_12345"
-    monkeypatch.setenv("HF_TOKEN", wrong)
-    with pytest.raises(hub.AuthenticationRequiredError) as caught:
-        hub.resolve(PRESET, quiet=True)
-    assert wrong not in str(caught.value) and "rejected" in str(caught.value)
-    assert any(r.authorization == f"Bearer {wrong}" for r in fake_hub.requests)  # HF_TOKEN was used
-
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    assert (hub.resolve(PRESET, quiet=True) / "model.safetensors").is_file()
-
-
-def test_403_gated_asks_to_accept_the_license(fake_hub, monkeypatch):
-    fake_hub.add_repo(REPO, checkpoint_files(), access="gated", granted=False)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-
-    with pytest.raises(hub.AccessDeniedError) as caught:
-        hub.resolve(PRESET, quiet=True)
-
-    message = str(caught.value)
-    assert "license" in message and f"https://huggingface.co/{REPO}" in message
-    assert TOKEN not in message
-
-
-def test_gated_without_a_token_is_a_401(fake_hub):
-    fake_hub.add_repo(REPO, checkpoint_files(), access="gated", granted=True)
-    with pytest.raises(hub.AuthenticationRequiredError):
-        hub.resolve(PRESET, quiet=True)
-
-
-def test_404_repo_and_revision(fake_hub):
-    fake_hub.add_repo("someone/exists", checkpoint_files())
-    with pytest.raises(hub.ModelNotFoundError, match="someone/missing"):
-        hub.resolve("hf://someone/missing", quiet=True)
-    with pytest.raises(hub.ModelNotFoundError, match="revision 'nope'"):
-        hub.resolve("hf://someone/exists@nope", quiet=True)
-
-
-def test_pickled_only_repo_is_refused_without_fetching_the_pickle(fake_hub):
-    files = checkpoint_files(**{"pytorch_model.bin": b"\x80\x04 pickle"})
-    del files["model.safetensors"]
-    fake_hub.add_repo("someone/old-format", files)
-
-    with pytest.raises(hub.UnsupportedCheckpointError, match=r"pickled weights \(pytorch_model.bin\)"):
-        hub.resolve("hf://someone/old-format", quiet=True)
-
-    assert not any(r.path.endswith(".bin") for r in fake_hub.requests)
-    assert not hub.is_cached("hf://someone/old-format")
-
-
-def test_malformed_hub_uri(env):
-    with pytest.raises(hub.ModelNotFoundError, match="hf://owner/repo"):
-        hub.resolve("hf://datasets/someone/data")
 
 
 # ----------------------------------------------------------------------------- remove
@@ -417,11 +219,11 @@ def test_remove_frees_pali_cache_and_leaves_the_huggingface_cache_alone(fake_hub
 def test_remove_refuses_local_directories_and_the_shared_cache(tmp_path, env, monkeypatch):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")
-    with pytest.raises(hub.LocalModelError, match="local directory"):
+    with pytest.raises(LocalModelError, match="local directory"):
         hub.remove(str(tmp_path / "ckpt"))
     monkeypatch.setenv("PALI_CACHE_DIR", str(env["hf"]))
     env["hf"].mkdir(parents=True)
-    with pytest.raises(hub.LocalModelError, match="shared Hugging Face cache"):
+    with pytest.raises(LocalModelError, match="shared Hugging Face cache"):
         hub.remove(PRESET)
 
 
@@ -429,7 +231,7 @@ def test_remove_clears_an_aborted_download(fake_hub, env):
     files = checkpoint_files(weights=50_000)
     fake_hub.add_repo(REPO, files)
     fake_hub.add_fault(REPO, "model.safetensors", ("status", 500))
-    with pytest.raises(hub.ModelUnavailableError, match="500"):
+    with pytest.raises(ModelUnavailableError, match="500"):
         hub.resolve(PRESET, quiet=True)
 
     assert hub.remove(PRESET) > 0

@@ -14,7 +14,8 @@ import torch
 from safetensors import safe_open
 
 from engine.checkpoints.reader import TensorReader
-from engine.checkpoints.weights import CheckpointError, load_backbone
+from engine.checkpoints.weights import load_backbone
+from engine.errors import CheckpointError
 from engine.model.config import load_config
 from engine.runtime.memory import HUGE_PAGE, empty_weight, huge_pages_available
 from tests.helpers.checkpoints import TinySpec
@@ -49,11 +50,11 @@ def _vm_flags(address: int) -> list[str]:
 def test_same_dtype_is_memory_mapped_and_casts_are_not(checkpoints):
     path = checkpoints.checkpoint(SPEC, dtype=torch.bfloat16)
 
-    def in_file(t):
+    def in_file(t: torch.Tensor) -> bool:
         return any(lo <= t.data_ptr() < hi and name.endswith(".safetensors") for lo, hi, name in _file_mappings())
 
     model = load_backbone(path, load_config(path), torch.bfloat16)
-    assert in_file(model.language_model.layers[0].mlp.up_proj.weight)
+    assert in_file(model.get_parameter("language_model.layers.0.mlp.up_proj.weight"))
     assert not in_file(model.language_model.norm.weight)  # kept in fp32, so cast: memory of its own
     model = load_backbone(path, load_config(path), torch.float32)
     assert not any(in_file(t) for t in model.state_dict().values())

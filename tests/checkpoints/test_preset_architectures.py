@@ -1,5 +1,6 @@
 """Every preset's architecture, built on the meta device, has the parameter count keras-hub and
-big_vision publish (spec §10.1) -- plus the 64 padding rows of the Hugging Face embedding."""
+big_vision publish (keras-hub pali_gemma_presets.py metadata) -- plus the 64 padding rows of the
+Hugging Face embedding."""
 
 from __future__ import annotations
 

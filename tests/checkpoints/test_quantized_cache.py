@@ -62,6 +62,7 @@ def test_cache_is_aligned_versioned_and_feeds_the_packed_kernel(checkpoints, tmp
     PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu", quantize="int8", cache_dir=tmp_path)
     cache = _cache(tmp_path)
     meta = read_metadata(cache)
+    assert meta is not None
     assert meta["pali_cache_version"] == str(CACHE_VERSION) and meta["pali_alignment"] == "64"
     data_start, header = _header(cache)
     assert all(v["data_offsets"][0] % 64 == 0 for k, v in header.items() if k != "__metadata__" and not is_padding(k))
@@ -79,7 +80,8 @@ def _write_packed(path, state: dict[str, torch.Tensor], meta: dict[str, str]) ->
     names = ["__pali_pad__.odd", *sorted(state)]
     tensors = {"__pali_pad__.odd": torch.zeros(3, dtype=torch.uint8), **state}
     codes = {torch.int8: "I8", torch.uint8: "U8", torch.bfloat16: "BF16", torch.float32: "F32"}
-    header, offset = {"__metadata__": meta}, 0
+    header: dict[str, object] = {"__metadata__": meta}
+    offset = 0
     for name in names:
         t = tensors[name]
         size = t.numel() * t.element_size()
@@ -107,7 +109,7 @@ def test_a_cache_of_the_old_layout_is_rebuilt_not_read(checkpoints, tmp_path):
     old_sibling = cache.with_name(cache.name.rsplit("-", 1)[0] + "-0123456789abcdef01234567.safetensors")
     _write_version_1(old_sibling, state)  # and one from before, under its old key
     again = PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu", quantize="int8", cache_dir=tmp_path)
-    assert read_metadata(cache)["pali_cache_version"] == str(CACHE_VERSION)  # rebuilt in place
+    assert (read_metadata(cache) or {}).get("pali_cache_version") == str(CACHE_VERSION)  # rebuilt in place
     assert not old_sibling.exists()  # unreadable by this version: removed
     for k, v in again.backbone.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -143,16 +145,17 @@ def test_int4_cache_is_keyed_on_the_packing_layout(checkpoints, tmp_path, monkey
 
     path = checkpoints.checkpoint(SPEC, seed=7)
     here = kernel_layout()
+    assert here is not None, f"torch {torch.__version__} packs int4 in no layout pali knows"
     PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu", quantize="int4", cache_dir=tmp_path)
     (first,) = sorted((tmp_path / "quantized").glob("*.safetensors"))
-    assert read_metadata(first)["pali_layout"] == f"{here.name}-g128"
+    assert (read_metadata(first) or {}).get("pali_layout") == f"{here.name}-g128"
     other = next(lay for lay in KNOWN_LAYOUTS if lay != here)
     monkeypatch.setattr(quantize, "kernel_layout", lambda: other)  # as another CPU's torch would pack
     lm = PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu", quantize="int4", cache_dir=tmp_path)
     files = sorted((tmp_path / "quantized").glob("*.safetensors"))
     assert len(files) == 2 and first in files  # a second file; the first is still there, unread
     (second,) = [f for f in files if f != first]
-    assert read_metadata(second)["pali_layout"] == f"{other.name}-g128"
+    assert (read_metadata(second) or {}).get("pali_layout") == f"{other.name}-g128"
     layouts = {m.layout for m in lm.backbone.modules() if isinstance(m, Int4Linear)}
     assert layouts == {other}
 

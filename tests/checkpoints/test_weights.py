@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.checkpoints.weights import CheckpointError, load_backbone
-from engine.model.config import ConfigError, load_config
+from engine.checkpoints.weights import load_backbone
+from engine.errors import CheckpointError
+from engine.model.config import load_config
 from tests.helpers.checkpoints import TinySpec
 
 PG1 = TinySpec()
@@ -151,16 +152,16 @@ def test_bad_config_is_reported_with_the_file(checkpoints, tmp_path, mutate, mes
     config = json.loads((path / "config.json").read_text())
     mutate(config)
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match=message) as err:
+    with pytest.raises(CheckpointError, match=message) as err:
         load_config(path)
     assert "config.json" in str(err.value)
 
 
 def test_unparseable_and_absent_config(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="invalid JSON"):
+    with pytest.raises(CheckpointError, match="invalid JSON"):
         load_config(tmp_path)
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         load_config(tmp_path / "nowhere")
 
 

@@ -95,7 +95,10 @@ def test_fish_completes(tmp_path):
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh not installed")
 def test_zsh_script_parses_and_defines_the_completion_function(tmp_path):
     (tmp_path / "_pali").write_text(ZSH.read_text())
-    script = f"fpath=({tmp_path} $fpath); autoload -Uz compinit; compinit -u -d {tmp_path}/.zcompdump; autoload -Uz _pali; print $_comps[pali]"
+    script = (
+        f"fpath=({tmp_path} $fpath); autoload -Uz compinit; compinit -u -d {tmp_path}/.zcompdump; "
+        "autoload -Uz _pali; print $_comps[pali]"
+    )
     out = subprocess.run(["zsh", "-f", "-c", script], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "_pali"

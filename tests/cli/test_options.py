@@ -39,7 +39,9 @@ def image(tmp_path) -> str:
 
 
 def test_version_matches_pyproject(run):
-    declared = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    found = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.M)
+    assert found is not None
+    declared = found.group(1)
     result = run("--version")
     assert result.exit_code == 0
     assert result.stdout.strip() == f"pali {declared}"
@@ -58,7 +60,8 @@ def test_help_and_presets_list_do_not_import_torch():
     code = (
         "import sys\n"
         "from pali_cli.app import main\n"
-        "for argv in (['pali', '--help'], ['pali', 'caption', '--help'], ['pali', 'presets', 'list', '--json']):\n"
+        "for argv in (['pali', '--help'], ['pali', 'caption', '--help'], ['pali', 'segment', '--help'],\n"
+        "             ['pali', 'presets', 'list', '--json']):\n"
         "    sys.argv = argv\n"
         "    try:\n"
         "        main()\n"
@@ -158,17 +161,33 @@ def test_colour_follows_force_color_and_no_color(run):
 @pytest.mark.parametrize(
     "kwargs, expected",
     [
-        ({}, (Sampler.greedy, 1.0, 50, 0.9)),
-        ({"top_p": 0.5}, (Sampler.top_p, 1.0, 50, 0.5)),
-        ({"top_k": 7, "temperature": 0.7}, (Sampler.top_k, 0.7, 7, 0.9)),
-        ({"temperature": 0.3}, (Sampler.random, 0.3, 50, 0.9)),
-        ({"sampler": Sampler.top_k}, (Sampler.top_k, 1.0, 50, 0.9)),
-        ({"sampler": Sampler.top_k, "top_p": 0.8}, (Sampler.top_k, 1.0, 50, 0.8)),
+        ({}, ("greedy", 1.0, 5, 0.1)),
+        ({"top_p": 0.5}, ("top_p", 1.0, 5, 0.5)),
+        ({"top_k": 7, "temperature": 0.7}, ("top_k", 0.7, 7, 0.1)),
+        ({"temperature": 0.3}, ("random", 0.3, 5, 0.1)),
+        ({"sampler": Sampler.top_k}, ("top_k", 1.0, 5, 0.1)),
+        ({"sampler": Sampler.top_k, "top_p": 0.8}, ("top_k", 1.0, 5, 0.8)),
     ],
 )
 def test_sampler_is_implied_by_the_options_given(kwargs, expected):
-    choice = RunOptions(**kwargs).sampler_choice()
-    assert (choice.name, choice.temperature, choice.top_k, choice.top_p) == expected
+    config = RunOptions(**kwargs).sampler_config()
+    assert (config.name, config.temperature, config.top_k, config.top_p) == expected
+
+
+@pytest.mark.parametrize("sampler", list(Sampler))
+def test_cli_sampler_defaults_are_the_apis(sampler):
+    """`--sampler NAME` alone builds exactly the sampler that compile(sampler="NAME") builds."""
+    from engine.samplers import get_sampler
+
+    from_cli = get_sampler(RunOptions(sampler=sampler).sampler_config())
+    assert from_cli == get_sampler(sampler.value)
+
+
+def test_help_shows_the_engine_sampler_defaults(run):
+    from engine.sampler_config import DEFAULT_TOP_K, DEFAULT_TOP_P
+
+    text = " ".join(run("caption", "--help", env={"COLUMNS": "200"}).stdout.split())
+    assert f"[default: {DEFAULT_TOP_K}]" in text and f"[default: {DEFAULT_TOP_P}]" in text
 
 
 def test_run_options_validate_on_their_own():

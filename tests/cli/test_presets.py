@@ -165,8 +165,10 @@ def test_interrupted_download_fails_with_4_and_the_rerun_finishes_it(hub, env, m
 def test_unknown_or_missing_presets(env, hub):
     unknown = pali("presets", "download", "pali_gemma2_mix_3b_22")
     assert unknown.exit_code == 2 and "did you mean" in unknown.stderr
+    assert "`pali presets list`" in unknown.stderr  # the CLI's own hint, added to the engine's message
     missing = pali("presets", "path", PRESET)
     assert missing.exit_code == 4 and "not downloaded" in missing.stderr
+    assert f"pali presets download {PRESET}" in missing.stderr
     assert pali("presets", "rm").exit_code == 2  # NAME is required for rm
 
 

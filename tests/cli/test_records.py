@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pali_cli.errors import PaliError
-from pali_cli.records import Record, ResultsFile, make_key
+from pali_cli.errors import CliError
+from pali_cli.records import Record, ResultsFile, TextStream, make_key
 
 
 def rec(image: str, text: str | None = "a cat", error: str | None = None, **kw) -> Record:
@@ -110,12 +110,19 @@ def test_clear_empties_the_file_when_the_first_new_record_comes(tmp_path, warnin
 
 
 def test_a_directory_as_output_is_refused_with_a_hint(tmp_path, warnings):
-    with pytest.raises(PaliError, match="is a directory"):
+    with pytest.raises(CliError, match="is a directory"):
         ResultsFile(tmp_path, warnings.append)
 
 
 def test_an_unwritable_output_is_one_clear_error(tmp_path, warnings):
     (tmp_path / "file").write_text("a regular file, so nothing can be created below it")
     out = ResultsFile(tmp_path / "file" / "out.jsonl", warnings.append)
-    with pytest.raises(PaliError, match="cannot write .*out.jsonl"):
+    with pytest.raises(CliError, match="cannot write .*out.jsonl"):
         out.write(rec("a.jpg"))
+
+
+def test_text_stream_prints_nothing_when_the_task_has_nothing_to_show(capsys):
+    stream = TextStream(lambda record: None)  # e.g. detect found no object
+    stream.write(rec("a.jpg"))
+    TextStream(lambda record: record.text).write(rec("b.jpg", text="a dog"))
+    assert capsys.readouterr().out == "a dog\n"

@@ -70,7 +70,8 @@ def wait_for_records(path: Path, proc: subprocess.Popen, count: int, timeout: fl
         if path.exists() and path.read_bytes().count(b"\n") >= count:
             return
         if proc.poll() is not None:
-            pytest.fail(f"pali exited early ({proc.returncode}): {proc.stderr.read()}")
+            stderr = proc.stderr.read() if proc.stderr else ""
+            pytest.fail(f"pali exited early ({proc.returncode}): {stderr}")
         time.sleep(0.05)
     proc.kill()
     pytest.fail("no records appeared in time")

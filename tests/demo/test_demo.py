@@ -124,7 +124,8 @@ def test_demo_tokenizer_has_the_paligemma_layout(tmp_path):
 def demo_lm():
     from engine import PaliGemmaCausalLM
 
-    if not (get_preset("pali-demo-shapes").bundled_dir / "model.safetensors").is_file():
+    bundled = get_preset("pali-demo-shapes").bundled_dir
+    if bundled is None or not (bundled / "model.safetensors").is_file():
         pytest.fail("engine/demo_model/ is missing; run `python -m recipes.demo_shapes.train`")
     return PaliGemmaCausalLM.from_preset("pali-demo-shapes", dtype="float32", device="cpu")
 
@@ -141,6 +142,7 @@ def _outputs(lm, examples):
 
 def test_demo_preset_matches_its_files(demo_lm):
     preset = get_preset("pali-demo-shapes")
+    assert preset.bundled_dir is not None
     assert demo_lm.backbone.config.text.variant == "gemma2"
     assert demo_lm.backbone.config.image_size == preset.image_size
     size = sum(f.stat().st_size for f in preset.bundled_dir.iterdir())
@@ -149,20 +151,21 @@ def test_demo_preset_matches_its_files(demo_lm):
 
 def test_demo_captions_fresh_images(demo_lm, fresh):
     texts = _outputs(demo_lm, fresh["caption"])
-    right = sum(t == e.suffix for t, e in zip(texts, fresh["caption"]))
-    assert right >= MIN_CAPTION * COUNT, list(zip(texts, [e.suffix for e in fresh["caption"]]))
+    right = sum(t == e.suffix for t, e in zip(texts, fresh["caption"], strict=True))
+    assert right >= MIN_CAPTION * COUNT, list(zip(texts, [e.suffix for e in fresh["caption"]], strict=True))
 
 
 def test_demo_answers_colour_questions(demo_lm, fresh):
     texts = _outputs(demo_lm, fresh["vqa"])
-    right = sum(t == e.suffix for t, e in zip(texts, fresh["vqa"]))
-    assert right >= MIN_VQA * COUNT, list(zip(texts, [e.suffix for e in fresh["vqa"]]))
+    right = sum(t == e.suffix for t, e in zip(texts, fresh["vqa"], strict=True))
+    assert right >= MIN_VQA * COUNT, list(zip(texts, [e.suffix for e in fresh["vqa"]], strict=True))
 
 
 def test_demo_detects_boxes(demo_lm, fresh):
     texts = _outputs(demo_lm, fresh["detect"])
-    hits = [detection_hit(t, e) for t, e in zip(texts, fresh["detect"])]
-    assert sum(h for h, _ in hits) >= MIN_DETECT * COUNT, list(zip(texts, [e.suffix for e in fresh["detect"]]))
+    hits = [detection_hit(t, e) for t, e in zip(texts, fresh["detect"], strict=True)]
+    expected = [e.suffix for e in fresh["detect"]]
+    assert sum(h for h, _ in hits) >= MIN_DETECT * COUNT, list(zip(texts, expected, strict=True))
     assert sum(label for _, label in hits) >= 0.9 * COUNT
 
 

@@ -3,7 +3,7 @@
 Each checkpoint is a directory in Hugging Face layout (config.json, safetensors, tokenizer.model)
 written by ``save_pretrained``, optionally renamed to the tensor naming of the released hub files or
 to transformers' in-memory naming, or re-sharded, so the loader is exercised on every layout it
-meets in the wild (spec §9.4).
+meets in the wild (transformers' conversion scripts write the Hub naming).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class TinySpec:
     vision_layers: int = 2
     vision_heads: int = 2
     text_extra: tuple = ()  # (key, value) pairs for text_config, e.g. (("sliding_window", 8),)
+    vocab: int = MODEL_VOCAB  # embedding rows; the released 257216 for ids of the real vocabulary
 
 
 def hf_config(spec: TinySpec):
@@ -55,7 +56,7 @@ def hf_config(spec: TinySpec):
         num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads,
         head_dim=spec.head_dim,
-        vocab_size=MODEL_VOCAB,
+        vocab_size=spec.vocab,
         hidden_activation="gelu_pytorch_tanh",
         pad_token_id=0,
         bos_token_id=2,
@@ -74,13 +75,14 @@ def hf_config(spec: TinySpec):
         patch_size=spec.patch,
         vision_use_head=False,
     )
-    return PaliGemmaConfig(
+    # The special-token ids reach PaliGemmaConfig through **kwargs, which its stubs do not declare.
+    return PaliGemmaConfig(  # type: ignore[call-arg]
         text_config=text,
         vision_config=vision,
         image_token_index=IMAGE_TOKEN_ID,
         projection_dim=spec.hidden,
         hidden_size=spec.hidden,
-        vocab_size=MODEL_VOCAB,
+        vocab_size=spec.vocab,
         pad_token_id=0,
         bos_token_id=2,
         eos_token_id=1,

@@ -74,7 +74,8 @@ def _run_child(item: pytest.Item, env: dict[str, str]) -> tuple[str, str]:
             )
             code, output = proc.returncode, proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as e:
-            code, output = None, f"{e.stdout or ''}{e.stderr or ''}"
+            out, err = e.stdout or "", e.stderr or ""
+            code, output = None, f"{out!s}{err!s}" if isinstance(out, str) else f"{out!r}{err!r}"
         reports = []
         if report_file.exists():
             for line in report_file.read_text().splitlines():

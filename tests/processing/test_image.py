@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.processing.image import ImageLoadError, load_image, preprocess_images
+from engine.errors import ImageLoadError
+from engine.processing.image import load_image, preprocess_images
 
 RNG = np.random.default_rng(1234)
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -270,7 +271,7 @@ def test_bad_numpy_arrays(array, match) -> None:
 
 def test_unsupported_type() -> None:
     with pytest.raises(ImageLoadError, match="list"):
-        load_image([[1, 2, 3]])
+        load_image([[1, 2, 3]])  # type: ignore[arg-type]  # on purpose
 
 
 # ----------------------------------------------------------------------------- broken files

@@ -75,7 +75,7 @@ def test_prompt_ids_match_transformers(pre, hf_processor, image, prompt: str) ->
 @pytest.mark.parametrize("prompt", ["caption en", "detect cat ; dog", ""])
 def test_trailing_newline_is_accepted_without_doubling(pre, hf_processor, image, prompt: str) -> None:
     # transformers appends "\n" to whatever it is given, so a KerasHub-style prompt that already
-    # ends in "\n" becomes "...\n\n" there (spec §13 item 7). We drop one trailing "\n" first, so
+    # ends in "\n" becomes "...\n\n" there (vLLM PR #13584). We drop one trailing "\n" first, so
     # both spellings give the reference ids of the prompt written without it.
     hf = hf_processor(images=image, text=prompt, return_tensors="np")
     assert pre.encode_prompt(prompt + "\n") == _without_image_tokens(hf["input_ids"][0], hf_processor)
@@ -113,7 +113,7 @@ def test_exactly_one_bos_and_one_trailing_newline(pre, tiny_tokenizer, prompt: s
 
 
 def test_empty_prompt_is_bos_newline(pre, tiny_tokenizer) -> None:
-    # Spec §8.3: the empty prompt is [BOS, "\n"] ([2, 108] with the real vocabulary).
+    # transformers' processing_paligemma.py: the empty prompt is [BOS, "\n"] ([2, 108] with the real vocabulary).
     assert pre.encode_prompt("") == [tiny_tokenizer.start_token_id, tiny_tokenizer.newline_token_id]
 
 
@@ -144,10 +144,10 @@ def test_pack_right_pads_to_the_longest_row(pre) -> None:
 
 
 def test_pack_to_a_fixed_length_with_response_masks(pre) -> None:
-    rows, masks = zip(*(pre.encode_example("caption en", s) for s in ["red", "a blue square"]))
+    rows, masks = zip(*(pre.encode_example("caption en", s) for s in ["red", "a blue square"]), strict=True)
     out = pre.pack(list(rows), sequence_length=20, response_masks=list(masks))
     assert out["token_ids"].shape == (2, 20)
-    for i, (row, mask) in enumerate(zip(rows, masks)):
+    for i, (row, mask) in enumerate(zip(rows, masks, strict=True)):
         n = len(row)
         assert out["token_ids"][i, :n].tolist() == row and out["token_ids"][i, n:].eq(0).all()
         assert out["padding_mask"][i].tolist() == [True] * n + [False] * (20 - n)
@@ -170,12 +170,17 @@ def test_pack_checks_response_mask_lengths(pre) -> None:
 
 
 def test_generate_preprocess_single(pre, image) -> None:
+    """keras-hub's output: padded to the preprocessor's sequence_length, a response_mask (all False
+    for a prompt); always a batch, with the pixels under "pixel_values"."""
     out = pre.generate_preprocess({"images": image, "text": "caption en\n"})
-    assert set(out) == {"pixel_values", "token_ids", "padding_mask"}
+    assert set(out) == {"pixel_values", "token_ids", "padding_mask", "response_mask"}
     assert out["pixel_values"].shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert torch.equal(out["pixel_values"], preprocess_images(image, IMAGE_SIZE))
-    assert out["token_ids"][0].tolist() == pre.encode_prompt("caption en")
-    assert out["padding_mask"].all()
+    ids = pre.encode_prompt("caption en")
+    assert out["token_ids"].shape == (1, pre.sequence_length)
+    assert out["token_ids"][0, : len(ids)].tolist() == ids and out["token_ids"][0, len(ids) :].eq(0).all()
+    assert out["padding_mask"][0].tolist() == [True] * len(ids) + [False] * (pre.sequence_length - len(ids))
+    assert not out["response_mask"].any()
 
 
 def test_generate_preprocess_batch_with_keras_hub_key(pre, image) -> None:

@@ -1,4 +1,5 @@
-"""engine.processing.tasks: prompt builders (spec §8.5) and detection parsing (spec §12.1). Pure text, no torch."""
+"""engine.processing.tasks: prompt builders (the ai.google.dev prompt page) and loc/seg answer
+parsing (big_vision). Pure text, no torch."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import pytest
 
 from engine.processing.tasks import (
     Detection,
+    LocObject,
     answer_prompt,
     caption_prompt,
     detect_prompt,
     ocr_prompt,
     parse_detections,
+    parse_loc_objects,
     segment_prompt,
     split_objects,
 )
@@ -61,7 +64,7 @@ def test_detection_in_pixels_of_the_original_image():
 
 
 def test_the_spec_example_on_a_1024_pixel_square():
-    # transformers' integration test output for "detect shoe" (spec §12.1): one bin is one pixel here.
+    # transformers' integration test output for "detect shoe" (test_modeling_paligemma.py): one bin is one pixel here.
     [d] = parse_detections("<loc0051><loc0309><loc0708><loc0646> shoe", width=1024, height=1024)
     assert (d.label, d.box) == ("shoe", (309.0, 51.0, 646.0, 708.0))
 
@@ -98,3 +101,19 @@ def test_importing_tasks_does_not_import_torch():
     code = "import sys, engine.processing.tasks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_loc_objects_keep_what_the_answer_wrote():
+    seg = "".join(f"<seg{i:03d}>" for i in (0, 127, 500))
+    text = f"junk <loc0001><loc0002><loc0003><loc9999>{seg} a cat ; <loc0010> <loc0020><loc0030><loc0040>dog;"
+    assert parse_loc_objects(text) == [
+        LocObject(label="a cat", bins=(1, 2, 3, 9999), seg=(0, 127, 500)),
+        LocObject(label="dog", bins=(10, 20, 30, 40), seg=()),
+    ]
+
+
+def test_a_cut_seg_run_does_not_swallow_the_label():
+    # 10 of 16 seg codes (a cut answer): the box and its label are still read for detection.
+    seg = "".join("<seg001>" for _ in range(10))
+    [d] = parse_detections(f"<loc0000><loc0000><loc0512><loc0512>{seg} cat", width=100, height=100)
+    assert d.label == "cat"

@@ -14,7 +14,8 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from engine.processing.tokenizer import PaliGemmaTokenizer, TokenizerLoadError
+from engine.errors import CheckpointError
+from engine.processing.tokenizer import PaliGemmaTokenizer
 from tests.helpers.tiny_tokenizer import LOC_TOKENS, SEG_TOKENS
 
 
@@ -29,7 +30,17 @@ def test_special_ids(tiny_tokenizer: PaliGemmaTokenizer, raw_sp: spm.SentencePie
     assert tiny_tokenizer.start_token_id == 2
     assert tiny_tokenizer.unk_token_id == 3
     assert [tiny_tokenizer.id_to_token(i) for i in range(4)] == ["<pad>", "<eos>", "<bos>", "<unk>"]
-    assert tiny_tokenizer.vocabulary_size == raw_sp.get_piece_size()
+    assert tiny_tokenizer.vocabulary_size() == raw_sp.get_piece_size()
+
+
+def test_keras_hub_vocabulary_methods(tiny_tokenizer: PaliGemmaTokenizer, raw_sp: spm.SentencePieceProcessor) -> None:
+    """keras-hub's forms: ``vocabulary_size()`` is a method, ``get_vocabulary()`` lists every piece by id."""
+    vocabulary = tiny_tokenizer.get_vocabulary()
+    assert len(vocabulary) == tiny_tokenizer.vocabulary_size() == raw_sp.get_piece_size()
+    assert vocabulary == [raw_sp.id_to_piece(i) for i in range(raw_sp.get_piece_size())]
+    assert vocabulary[:4] == ["<pad>", "<eos>", "<bos>", "<unk>"]
+    assert vocabulary[tiny_tokenizer.loc_token_id(51)] == "<loc0051>"
+    assert "<image>" not in vocabulary and tiny_tokenizer.image_token_id == len(vocabulary)  # Hugging Face's next id
 
 
 def test_newline_is_one_piece(tiny_tokenizer: PaliGemmaTokenizer, raw_sp: spm.SentencePieceProcessor) -> None:
@@ -118,8 +129,8 @@ def test_detokenize_accepts_arrays_and_batches(tiny_tokenizer: PaliGemmaTokenize
 
 
 def test_detokenize_rejects_ids_outside_vocabulary(tiny_tokenizer: PaliGemmaTokenizer) -> None:
-    with pytest.raises(ValueError, match=str(tiny_tokenizer.vocabulary_size)):
-        tiny_tokenizer.detokenize([tiny_tokenizer.vocabulary_size])
+    with pytest.raises(ValueError, match=str(tiny_tokenizer.vocabulary_size())):
+        tiny_tokenizer.detokenize([tiny_tokenizer.vocabulary_size()])
 
 
 def test_token_to_id(tiny_tokenizer: PaliGemmaTokenizer) -> None:
@@ -140,7 +151,7 @@ def test_bytes_and_path_give_the_same_tokenizer(tiny_tokenizer_dir: Path, tiny_t
 
 
 def test_missing_tokenizer_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(TokenizerLoadError) as err:
+    with pytest.raises(CheckpointError) as err:
         PaliGemmaTokenizer.from_preset(tmp_path)
     assert str(tmp_path / "tokenizer.model") in str(err.value)
     assert "\n" not in str(err.value)
@@ -150,7 +161,7 @@ def test_missing_tokenizer_names_the_file(tmp_path: Path) -> None:
 def test_corrupt_tokenizer_names_the_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "tokenizer.model"
     path.write_bytes(content)
-    with pytest.raises(TokenizerLoadError) as err:
+    with pytest.raises(CheckpointError) as err:
         PaliGemmaTokenizer.from_preset(tmp_path)
     assert str(path) in str(err.value)
     assert "\n" not in str(err.value)
@@ -175,7 +186,7 @@ def _train(path: Path, vocab_size: int = 60, **options) -> Path:
 def test_non_paligemma_special_ids_are_rejected(tmp_path: Path) -> None:
     # SentencePiece's defaults (unk=0, bos=1, eos=2, no pad) are the Llama layout, not PaliGemma's.
     path = _train(tmp_path / "tokenizer.model")
-    with pytest.raises(TokenizerLoadError, match="not a PaliGemma tokenizer") as err:
+    with pytest.raises(CheckpointError, match="not a PaliGemma tokenizer") as err:
         PaliGemmaTokenizer(path)
     assert str(path) in str(err.value)
 
@@ -192,7 +203,7 @@ def test_tokenizer_without_loc_tokens_is_rejected(tmp_path: Path) -> None:
         remove_extra_whitespaces=False,
         normalization_rule_name="identity",
     )
-    with pytest.raises(TokenizerLoadError, match="<loc0000>"):
+    with pytest.raises(CheckpointError, match="<loc0000>"):
         PaliGemmaTokenizer(path)
 
 

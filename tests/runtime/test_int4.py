@@ -5,6 +5,8 @@ lookup, and a quantized tiny model against the fp32 one."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,7 @@ from torch import nn
 
 from engine.causal_lm import PaliGemmaCausalLM
 from engine.generate import generate_tokens
-from engine.model.text import TiedEmbedding
+from engine.model.text import DecoderLayer, TiedEmbedding
 from engine.runtime.capabilities import AMX, AVX2
 from engine.runtime.int4 import KERNEL_MAX_ROWS, Int4Linear, Int4TiedEmbedding, kernel_safe
 from engine.runtime.int4_format import (
@@ -114,8 +116,10 @@ def test_linear_matches_the_dequantized_matmul(shape):
     with the AVX2 and the AMX choices of compute dtype (one process per shape: they cost seconds)."""
     n, k = shape
     layout = kernel_layout()
+    assert layout is not None, f"torch {torch.__version__} packs int4 in no layout pali knows"
     other = next(lay for lay in KNOWN_LAYOUTS if lay != layout)
     group = group_size_for(k, 128)
+    assert group is not None
     for cpu, dtype in ((c, d) for c in (AVX2, AMX) for d in (torch.float32, torch.bfloat16)):
         linear = _linear(n, k).to(dtype)
         compute = matmul_dtype(CPU, dtype, cpu)
@@ -140,7 +144,9 @@ def test_linear_matches_the_dequantized_matmul(shape):
 def test_tied_embedding_lookup_and_head():
     torch.manual_seed(0)
     emb = TiedEmbedding(300, 64)
-    quant = Int4TiedEmbedding.from_embedding(emb, torch.float32, torch.float32, 64, kernel_layout(), True)
+    layout = kernel_layout()
+    assert layout is not None, f"torch {torch.__version__} packs int4 in no layout pali knows"
+    quant = Int4TiedEmbedding.from_embedding(emb, torch.float32, torch.float32, 64, layout, True)
     dense = quant.dequantized()
     assert dense.shape == (300, 64) and (dense - emb.weight).abs().max() <= (emb.weight.abs().max() / 15)
     ids = torch.tensor([[0, 5, 299], [64, 63, 1]])
@@ -233,7 +239,7 @@ def test_widths_no_group_divides_fall_back_to_int8(checkpoints, tmp_path):
     quant = PaliGemmaCausalLM.from_preset(path, dtype="float32", device="cpu", quantize="int4", cache_dir=tmp_path)
     lm = quant.backbone.language_model
     assert isinstance(lm.embed_tokens, Int8TiedEmbedding)
-    for layer in lm.layers:
+    for layer in (cast(DecoderLayer, m) for m in lm.layers):
         assert isinstance(layer.self_attn.q_proj, Int8Linear) and isinstance(layer.mlp.up_proj, Int8Linear)
         down = layer.mlp.down_proj
         assert isinstance(down, Int4Linear) and down.group == 32

@@ -57,14 +57,14 @@ def at_offset(t: torch.Tensor, offset: int) -> torch.Tensor:
     nbytes = t.numel() * t.element_size()
     raw = torch.empty(nbytes + 128, dtype=torch.uint8)
     start = -raw.data_ptr() % 64 + offset
-    view = torch.frombuffer(memoryview(raw.numpy()), dtype=t.dtype, count=t.numel(), offset=start)
+    view = torch.frombuffer(raw.numpy().data, dtype=t.dtype, count=t.numel(), offset=start)
     view = view.view(t.shape)
     view.copy_(t)
     assert view.data_ptr() % 64 == offset
     return view
 
 
-def _dense(weight: torch.Tensor, cpu: CpuCapabilities) -> tuple[nn.Module, nn.Module]:
+def _dense(weight: torch.Tensor, cpu: CpuCapabilities) -> tuple[nn.Module, TiedEmbedding]:
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
     layer.weight = nn.Parameter(weight, requires_grad=False)
     embed = TiedEmbedding(weight.shape[0], weight.shape[1], _weight=weight.detach())
@@ -89,8 +89,12 @@ def _int4(w: torch.Tensor, dtype: torch.dtype, cpu: CpuCapabilities):
     compute = matmul_dtype(CPU, dtype, cpu)
     layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
     layer.weight = nn.Parameter(w, requires_grad=False)
-    linear = Int4Linear.from_linear(layer, dtype, compute, group, kernel_layout(), True)
-    head = Int4TiedEmbedding.from_embedding(layer, dtype, compute, group, kernel_layout(), True)
+    layout = kernel_layout()
+    assert layout is not None, f"torch {torch.__version__} packs int4 in no layout pali knows"
+    embedding = nn.Embedding(w.shape[0], w.shape[1])
+    embedding.weight = layer.weight
+    linear = Int4Linear.from_linear(layer, dtype, compute, group, layout, True)
+    head = Int4TiedEmbedding.from_embedding(embedding, dtype, compute, group, layout, True)
     return linear, head
 
 
