@@ -71,7 +71,7 @@ def _teacher_forced(modes: list, checkpoint: Path, new_tokens: int, ids: list[in
     return logits
 
 
-def _print_table(summary: dict, names: list[str]) -> None:
+def _print_table(summary: dict, names: list[str], std: bool = True) -> None:
     print(
         "| mode | greedy: leading tokens equal | greedy: tokens equal | logit cosine mean | min "
         "| top-1 agreement (teacher-forced) | max abs diff |"
@@ -84,7 +84,8 @@ def _print_table(summary: dict, names: list[str]) -> None:
             f"| {t['cosine_mean']:.6f} | {t['cosine_min']:.6f} | "
             f"{t['top1_agreement']:.3f} | {t['max_abs_diff']:.2e} |"
         )
-    print(f"\nlogit std (our fp32): {summary['teacher_forced']['ours fp32']['logit_std']:.4f}")
+    if std:
+        print(f"\nlogit std (our fp32): {summary['teacher_forced']['ours fp32']['logit_std']:.4f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,15 +109,30 @@ def main(argv: list[str] | None = None) -> None:
     ref = tokens[("ours", "fp32")]
     summary: dict = {"preset": args.preset, "checkpoint": str(checkpoint), "greedy": {}, "teacher_forced": {}}
     for (side, mode), toks in tokens.items():
-        lead = next((i for i, (a, b) in enumerate(zip(ref, toks, strict=False)) if a != b), len(ref))
-        equal = sum(a == b for a, b in zip(ref, toks, strict=False))
-        summary["greedy"][f"{side} {mode}"] = {"leading_equal": lead, "equal": equal, "of": len(ref)}
+        summary["greedy"][f"{side} {mode}"] = _agreement(ref, toks)
     logits = _teacher_forced(modes, checkpoint, args.new_tokens, ids, ref)
     for key, value in logits.items():
         summary["teacher_forced"][" ".join(key)] = compare(logits[("ours", "fp32")], value)
+    bf16 = ("ours", "bf16")
+    quantized = [key for key in logits if key[0] == "ours" and key[1].startswith("int")]
+    if bf16 in logits and quantized:  # what quantizing costs against the dtype users would otherwise run
+        summary["against_bf16"] = {
+            "greedy": {" ".join(k): _agreement(tokens[bf16], tokens[k]) for k in quantized},
+            "teacher_forced": {" ".join(k): compare(logits[bf16], logits[k]) for k in quantized},
+        }
     print(json.dumps(summary))
     print(f"\n{args.preset}: against our fp32 model, {len(ref)} generated tokens\n")
     _print_table(summary, [" ".join(key) for key in logits])
+    if "against_bf16" in summary:
+        print(f"\n{args.preset}: quantized modes against our bf16 model (greedy: its own 32 tokens)\n")
+        _print_table(summary["against_bf16"], [" ".join(k) for k in quantized], std=False)
+
+
+def _agreement(ref: list[int], toks: list[int]) -> dict:
+    """How many of ``toks`` equal ``ref``: the leading run and in total."""
+    lead = next((i for i, (a, b) in enumerate(zip(ref, toks, strict=False)) if a != b), len(ref))
+    equal = sum(a == b for a, b in zip(ref, toks, strict=False))
+    return {"leading_equal": lead, "equal": equal, "of": len(ref)}
 
 
 if __name__ == "__main__":

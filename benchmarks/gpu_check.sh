@@ -4,6 +4,8 @@
 #
 #   bash benchmarks/gpu_check.sh [--out FILE] [--runs N]     # needs python3 with CUDA torch
 #   bash benchmarks/gpu_check.sh --dry-run                   # the same steps on CPU, tiny checkpoint
+#   bash benchmarks/gpu_check.sh --fetch-wheels 3.12         # here, where pip works: the wheels the
+#                                                            # GPU machine's Python 3.12 lacks, into .whl/
 #
 # Nothing is installed from the network. Python packages the machine lacks are installed from
 # wheels in .whl/ (git-ignored; fetch them where pip works, see the message below) into a
@@ -11,7 +13,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-NEEDED="torch numpy safetensors sentencepiece google.protobuf PIL transformers pytest"
+NEEDED="torch numpy safetensors sentencepiece google.protobuf PIL transformers pytest platformdirs huggingface_hub"
+# What pali's engine, its tests and transformers need besides torch (pyproject.toml), as pip names.
+WHEELS="numpy safetensors sentencepiece protobuf pillow transformers pytest platformdirs huggingface_hub"
+
+if [ "${1:-}" = "--fetch-wheels" ]; then
+  version=${2:?usage: gpu_check.sh --fetch-wheels PYTHON_VERSION, e.g. 3.12, the version of python3 on the GPU machine}
+  mkdir -p .whl
+  # pip resolves the whole dependency tree (torch is none of theirs) for that Python on x86-64 Linux
+  "$PY" -m pip download -q --only-binary=:all: --python-version "$version" --platform manylinux2014_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any -d .whl $WHEELS
+  echo "gpu_check: $(ls .whl/*.whl | wc -l) wheels in .whl/ ($(du -sh .whl | cut -f1)); carry .whl/ to the GPU machine"
+  exit 0
+fi
 
 missing() {
   "$PY" - "$@" <<'EOF'
@@ -34,8 +48,9 @@ if [ -n "$lacking" ] && compgen -G ".whl/*.whl" > /dev/null; then
 fi
 if [ -n "$lacking" ]; then
   echo "gpu_check: $PY lacks: $lacking" >&2
-  echo "  where pip works, fetch wheels into .whl/ and run again, e.g.:" >&2
-  echo "  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl PACKAGE" >&2
+  version=$("$PY" -c "import sys; print('%d.%d' % sys.version_info[:2])")
+  echo "  where pip works, fetch them into .whl/ (bash benchmarks/gpu_check.sh --fetch-wheels $version)," >&2
+  echo "  carry .whl/ to this machine and run again" >&2
   exit 2
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

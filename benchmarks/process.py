@@ -2,6 +2,7 @@
 
     python -m benchmarks.process                       # PG1 3B 224, bf16 and fp32, 3 interleaved runs
     python -m benchmarks.process --dtypes float32 --quantize int8 --runs 5
+    python -m benchmarks.process --dtypes bfloat16 --quantize int4 --quantize-dtype auto --no-plain
 
 Wall time from spawning the process to its exit, with a warm page cache (one untimed run of each
 command first), 32 new tokens. Also times ``import`` of each side alone (``python -c "import ..."``)
@@ -81,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=None, help="an existing checkpoint instead of --preset")
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     parser.add_argument("--quantize", default=None, help="also run ours with --quantize (needs the CLI option)")
+    parser.add_argument(
+        "--quantize-dtype", default=None, help="--dtype of the quantized runs (default: each of --dtypes; e.g. auto)"
+    )
+    parser.add_argument("--no-plain", action="store_true", help="skip ours without --quantize")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--root", type=Path, default=None)
@@ -95,7 +100,7 @@ def _report(results: dict[str, list[float]], dtypes: list[str], quantize: str | 
         o, h = results.get(f"ours {dtype}"), results.get(f"hf {dtype}")
         if o and h:
             print(f"ratio ours/transformers, {dtype}: {statistics.median(o) / statistics.median(h):.2f}x")
-        q = results.get(f"ours {dtype} {quantize}") if quantize else None
+        q = results.get(f"ours {dtype} {quantize}") if quantize else None  # (its --dtype: --quantize-dtype)
         if q and h:
             print(f"ratio ours {quantize}/transformers {dtype}: {statistics.median(q) / statistics.median(h):.2f}x")
 
@@ -122,11 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     jobs = {}
     for dtype in args.dtypes:
         for side, cmd in commands(checkpoint, image, dtype, None, args.new_tokens).items():
-            jobs[f"{side} {dtype}"] = cmd
+            if side == "hf" or not args.no_plain:
+                jobs[f"{side} {dtype}"] = cmd
         if args.quantize:
-            jobs[f"ours {dtype} {args.quantize}"] = commands(checkpoint, image, dtype, args.quantize, args.new_tokens)[
-                "ours"
-            ]
+            q_dtype = args.quantize_dtype or dtype
+            jobs[f"ours {dtype} {args.quantize}"] = commands(
+                checkpoint, image, q_dtype, args.quantize, args.new_tokens
+            )["ours"]
     for cmd in jobs.values():  # warm the page cache (and the quantized cache) untimed
         timed(cmd)
     names = list(jobs)

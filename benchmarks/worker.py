@@ -109,8 +109,8 @@ def run_ours(args, t_start: float) -> dict:
         stamps.append(time.perf_counter())
         for row, token in zip(rows, new, strict=True):
             tokens[row].append(token)
+    # each stamp is taken after stream_tokens handed the step's tokens to the host (a device sync)
     return _timings(args, t_start, t_import, t_load, t0, stamps, tokens, tops, weight_bytes(backbone))
-    # (the stamps are taken after new.tolist(), which waits for the device)
 
 
 def weight_bytes(module) -> int:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import InputError
 from engine.model.text import TiedEmbedding
 from engine.runtime.kernels import needs_grad
 
@@ -31,10 +32,10 @@ DECODE_ROWS = 1  # the batch size oneDNN is told to pick its blocking for
 
 
 def bf16_kernel_choice(spec: str | None = None) -> str:
-    """``spec`` (default ``PALI_BF16_KERNEL``, unset = native); ValueError names the choices."""
+    """``spec`` (default ``PALI_BF16_KERNEL``, unset = native); InputError names the choices."""
     value = (os.environ.get(ENV_VAR, "") if spec is None else spec).strip().lower() or "native"
     if value not in CHOICES:
-        raise ValueError(f"{ENV_VAR}={value!r} is not a bf16 kernel; use one of: {', '.join(CHOICES)}")
+        raise InputError(f"{ENV_VAR}={value!r} is not a bf16 kernel; use one of: {', '.join(CHOICES)}")
     return value
 
 

@@ -246,11 +246,12 @@ def test_prepacked_bf16_only_where_asked_and_bf16_is_fast(checkpoints, monkeypat
 
 
 def test_bf16_kernel_choice_is_checked(monkeypatch):
+    from engine.errors import InputError
     from engine.runtime.prepacked import bf16_kernel_choice
 
     assert bf16_kernel_choice("") == "native" and bf16_kernel_choice("Prepacked") == "prepacked"
     monkeypatch.setenv("PALI_BF16_KERNEL", "amx-tiles")
-    with pytest.raises(ValueError, match="PALI_BF16_KERNEL='amx-tiles'.*native, prepacked"):
+    with pytest.raises(InputError, match="PALI_BF16_KERNEL='amx-tiles'.*native, prepacked"):
         bf16_kernel_choice()
 
 
