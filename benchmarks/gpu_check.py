@@ -13,7 +13,7 @@ leaves what it did:
 4. benchmarks.run on the device: bf16, batch 1 and 8, both sides interleaved, each process warmed
    up (CUDA start-up is not time to first token); TTFT, decode ms/token, images/s, peak memory.
 ``--dry-run`` swaps step 3's checkpoint for a tiny one and runs everything on the CPU with few
-tokens: it checks this script and its entry points anywhere (tests/test_gpu_check.py runs it).
+tokens: it checks this script and its entry points anywhere (tests/benchmarks/test_gpu_check.py runs it).
 """
 
 from __future__ import annotations
