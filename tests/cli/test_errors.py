@@ -38,7 +38,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
         (UsageProblem("bad option"), ExitCode.USAGE),
         (OfflineError("not downloaded", label="p"), ExitCode.MODEL_UNAVAILABLE),
         (AccessDeniedError("gated"), ExitCode.MODEL_UNAVAILABLE),
-        (LocalModelError("no such directory"), ExitCode.MODEL_UNAVAILABLE),
+        (LocalModelError("no such directory"), ExitCode.USAGE),  # a bad path, like a bad preset name
         (CheckpointError("bad tensor"), ExitCode.FAILURE),
         (QuantizeError("bad cache"), ExitCode.FAILURE),
         (TrainingError("loss is nan"), ExitCode.FAILURE),
@@ -89,7 +89,9 @@ def test_a_broken_checkpoint_exits_1_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{not json")
-    (tmp_path / "img.png").write_bytes(b"not read: the model fails to load first")
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")  # a good image: the model load is what fails
     result = CliRunner().invoke(app, ["caption", "img.png", "-p", "ckpt"], catch_exceptions=False)
     assert result.exit_code == 1, result.output
     assert "config.json: invalid JSON" in result.stderr and "Traceback" not in result.output
