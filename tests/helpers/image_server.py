@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -63,8 +64,9 @@ def _handler(owner: ImageServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             owner.requests.append(self.path)
-            if self.path in owner.images:
-                return self._send(200, owner.images[self.path], "image/png")
+            path = urlsplit(self.path).path  # the query does not choose the file
+            if path in owner.images:
+                return self._send(200, owner.images[path], "image/png")
             if self.path == "/moved.png":
                 self.send_response(302)
                 self.send_header("Location", "/cat.png")
