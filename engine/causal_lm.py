@@ -26,6 +26,7 @@ from engine.errors import InputError
 from engine.generate import generate_tokens
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import WindowPolicy, load_config
+from engine.processing.inputs import pixels_for_rows
 from engine.processing.preprocessor import PaliGemmaCausalLMPreprocessor
 from engine.processing.tokenizer import PaliGemmaTokenizer
 from engine.runtime.devices import resolve_device, resolve_dtype
@@ -44,8 +45,13 @@ class Completion:
 
 class PaliGemmaCausalLM:
     def __init__(self, backbone: PaliGemmaBackbone, preprocessor: PaliGemmaCausalLMPreprocessor | None = None):
+        if isinstance(backbone, PaliGemmaCausalLMPreprocessor) or isinstance(preprocessor, PaliGemmaBackbone):
+            raise TypeError(
+                "PaliGemmaCausalLM takes (backbone, preprocessor), keras-hub's takes (preprocessor, backbone): "
+                "pass them by keyword, PaliGemmaCausalLM(backbone=..., preprocessor=...)"
+            )
         self.backbone = backbone
-        self.preprocessor = preprocessor
+        self.preprocessor = preprocessor  # takes the backbone's image size (see the setter)
         self.sampler: Sampler = GreedySampler()
         self.preset: str | None = None
         self.dtype_reason = "requested"
@@ -102,6 +108,17 @@ class PaliGemmaCausalLM:
         return self
 
     @property
+    def preprocessor(self) -> PaliGemmaCausalLMPreprocessor | None:
+        return self._preprocessor
+
+    @preprocessor.setter
+    def preprocessor(self, preprocessor: PaliGemmaCausalLMPreprocessor | None) -> None:
+        """A preprocessor built without ``image_size`` (keras-hub's way) takes the backbone's here."""
+        if preprocessor is not None:
+            preprocessor.attach(self.backbone.config.image_size)
+        self._preprocessor = preprocessor
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.backbone.language_model.dtype
 
@@ -123,7 +140,7 @@ class PaliGemmaCausalLM:
         if not live:
             return out
         generator = make_generator(self.sampler.seed, self.device)
-        vocab = self.preprocessor.tokenizer.vocabulary_size if self.preprocessor else None
+        vocab = self.preprocessor.tokenizer.vocabulary_size() if self.preprocessor else None
         new = generate_tokens(
             self.backbone,
             pixel_values[live].to(self.device),
@@ -138,20 +155,10 @@ class PaliGemmaCausalLM:
             out[i] = tokens
         return out
 
-    def _pixel_values(self, images) -> torch.Tensor:
-        """Raw images (PIL, HxWx3 arrays, paths), or already-preprocessed float[B, 3, R, R] in [-1, 1]."""
-        size = self.backbone.config.image_size
-        if (
-            isinstance(images, (torch.Tensor, np.ndarray))
-            and images.ndim == 4
-            and tuple(images.shape[1:]) == (3, size, size)
-        ):
-            return torch.as_tensor(images, dtype=torch.float32)
-        if self.preprocessor is not None:
-            return self.preprocessor.preprocess_images(images)
-        from engine.processing.image import preprocess_images
-
-        return preprocess_images(images, size)
+    def _pixel_values(self, images: Any, rows: int) -> torch.Tensor:
+        """float32[rows, 3, R, R] from any image form engine.processing.inputs takes."""
+        resample = self.preprocessor.resample if self.preprocessor is not None else "bilinear"
+        return pixels_for_rows(images, rows, self.backbone.config.image_size, resample)
 
     def _require_preprocessor(self) -> PaliGemmaCausalLMPreprocessor:
         if self.preprocessor is None:
@@ -179,7 +186,7 @@ class PaliGemmaCausalLM:
         stop_ids = self._stop_ids(stop_token_ids)
         rows = [pre.encode_prompt(p) for p in prompts]
         new = self._generate_ids(
-            self._pixel_values(list(images)), rows, [max_new_tokens] * len(rows), stop_ids, on_step
+            self._pixel_values(list(images), len(rows)), rows, [max_new_tokens] * len(rows), stop_ids, on_step
         )
         out = []
         for tokens in new:
@@ -195,53 +202,46 @@ class PaliGemmaCausalLM:
         stop_token_ids: Any = "auto",
         strip_prompt: bool = False,
     ):
-        """keras-hub's generate(). With a preprocessor: {"images", "text" (or "prompts")} -> str or
-        list[str]. Without (``preprocessor=None``): {"images", "token_ids", "padding_mask"} ->
-        {"token_ids", "padding_mask"} with the generated ids written after each row's prompt."""
+        """keras-hub's generate(). With a preprocessor: {"images", "prompts" (or "text")} -> a str for a
+        str prompt on one image, else a list[str] (rows as engine.processing.inputs makes them: one
+        image per prompt, or one image or one prompt for all). Token ids, with or without a
+        preprocessor: {"images" (or "pixel_values"), "token_ids", "padding_mask"}, e.g.
+        ``preprocessor.generate_preprocess`` output -> {"token_ids", "padding_mask"} with the
+        generated ids written after each row's prompt, up to the row length."""
         if "token_ids" in inputs:
             return self._generate_from_ids(inputs, stop_token_ids)
         pre = self._require_preprocessor()
-        prompts = inputs.get("text", inputs.get("prompts"))
-        if prompts is None:
-            raise InputError('generate() needs the prompt under "text" (or "prompts")')
-        single = isinstance(prompts, str)
-        prompt_list = [prompts] if single else list(prompts)
-        images = inputs.get("images")
-        if single and not (isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4):
-            images = [images]
-        pixel_values = self._pixel_values(images)
-        if pixel_values.shape[0] == 1 and len(prompt_list) > 1:
-            pixel_values = pixel_values.expand(len(prompt_list), -1, -1, -1)
-        if pixel_values.shape[0] != len(prompt_list):
-            raise InputError(
-                f"got {pixel_values.shape[0]} images for {len(prompt_list)} prompts; pass one image per prompt"
-            )
+        batch = pre.generation_inputs(inputs)
         max_length = max_length or pre.sequence_length
-        rows = [pre.encode_prompt(p) for p in prompt_list]
-        for p, ids in zip(prompt_list, rows, strict=True):
+        rows = [pre.encode_prompt(p) for p in batch.prompts]
+        for p, ids in zip(batch.prompts, rows, strict=True):
             if len(ids) > max_length:
                 raise InputError(f"prompt {p!r} is {len(ids)} tokens, more than max_length={max_length}")
         stop_ids = self._stop_ids(stop_token_ids)
-        new = self._generate_ids(pixel_values, rows, [max_length - len(r) for r in rows], stop_ids)
+        new = self._generate_ids(batch.pixel_values, rows, [max_length - len(r) for r in rows], stop_ids)
         texts = []
         for ids, tokens in zip(rows, new, strict=True):
             if tokens and tokens[-1] in stop_ids:
                 tokens = tokens[:-1]
             texts.append(pre.tokenizer.detokenize(tokens if strip_prompt else ids + tokens))
-        return texts[0] if single else texts
+        return texts[0] if batch.unbatched else texts
 
     def _generate_from_ids(self, inputs: dict[str, Any], stop_token_ids) -> dict[str, Any]:
         """keras-hub's path without preprocessing: rows are right-padded to the target length T and
-        generation fills each row after its prompt, up to T."""
+        generation fills each row after its prompt, up to T. Without a preprocessor,
+        ``stop_token_ids="auto"`` stops at the config's EOS (keras-hub raises instead)."""
         as_numpy = isinstance(inputs["token_ids"], np.ndarray)
         token_ids = torch.as_tensor(np.asarray(inputs["token_ids"]) if as_numpy else inputs["token_ids"]).long()
         padding_mask = torch.as_tensor(np.asarray(inputs["padding_mask"])).bool()
         if token_ids.ndim == 1:
             token_ids, padding_mask = token_ids[None], padding_mask[None]
         b, t = token_ids.shape
-        pixel_values = self._pixel_values(inputs["images"])
-        if pixel_values.shape[0] == 1 and b > 1:
-            pixel_values = pixel_values.expand(b, -1, -1, -1)
+        if "images" in inputs and "pixel_values" in inputs:
+            raise InputError('pass the images under "images" or "pixel_values", not both')
+        images = inputs["images"] if "images" in inputs else inputs.get("pixel_values")
+        if images is None:
+            raise InputError('generate() with token_ids needs the images under "images" (or "pixel_values")')
+        pixel_values = self._pixel_values(images, b)
         rows = [token_ids[i][padding_mask[i]].tolist() for i in range(b)]
         stop_ids = self._stop_ids(stop_token_ids)
         new = self._generate_ids(pixel_values, rows, [t - len(r) for r in rows], stop_ids)
@@ -275,7 +275,8 @@ class PaliGemmaCausalLM:
     # ------------------------------------------------------------------ training
 
     def fit(self, dataset: Any, **options: Any):
-        """Train on ``{"images", "prefixes", "suffixes"}`` data, keras-hub style:
+        """Train on ``{"images", "prefixes", "suffixes"}`` data (or keras-hub's ``"prompts"`` and
+        ``"responses"``), keras-hub style:
         ``lm.fit(data, epochs=2, batch_size=8, learning_rate=1e-4)``. Options and dataset forms are
         documented in engine.train; returns its TrainHistory."""
         from engine.train import fit

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
+from engine.checkpoints.processor_files import write_processor_files
 from engine.checkpoints.weights import save_backbone
 from engine.errors import InputError, TrainingError
 from engine.model.backbone import PaliGemmaBackbone
@@ -195,16 +196,25 @@ def make_optimizer(params: Sequence[torch.nn.Parameter], cfg: TrainConfig) -> to
 
 
 def save_checkpoint(lm: PaliGemmaCausalLM, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """config.json + model.safetensors + tokenizer.model in ``directory``, loadable by
-    ``PaliGemmaCausalLM.from_preset(directory)``. Files are written next to it first and moved in,
-    so an interrupted save never leaves a half-written checkpoint behind."""
+    """A checkpoint directory in the released Hugging Face layout, loadable by
+    ``PaliGemmaCausalLM.from_preset(directory)`` and by transformers
+    (``PaliGemmaForConditionalGeneration`` / ``PaliGemmaProcessor.from_pretrained``): config.json,
+    model.safetensors and, with a tokenizer, tokenizer.model and the processor files
+    (engine.checkpoints.processor_files). config.json's ``image_token_index`` is then the tokenizer's
+    ``<image>`` id. Files are written next to the directory first and moved in, so an interrupted
+    save never leaves a half-written checkpoint behind."""
     directory = Path(directory)
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    save_backbone(lm.backbone, staging, dtype)
+    config = lm.backbone.config
+    if lm.preprocessor is not None:
+        tokenizer = lm.preprocessor.tokenizer
+        config = replace(config, image_token_index=tokenizer.image_token_id)
+    save_backbone(lm.backbone, staging, dtype, config)
     if lm.preprocessor is not None:
         # The tokenizer has no public "save" yet; its SentencePiece proto is the file's exact bytes.
-        (staging / "tokenizer.model").write_bytes(lm.preprocessor.tokenizer._sp.serialized_model_proto())
+        (staging / "tokenizer.model").write_bytes(tokenizer._sp.serialized_model_proto())
+        write_processor_files(staging, config)
     directory.mkdir(parents=True, exist_ok=True)
     for f in staging.iterdir():
         f.chmod(0o644)  # safetensors writes 0600; a checkpoint (or packaged model) is meant to be shared

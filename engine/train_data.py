@@ -3,7 +3,8 @@
 Datasets, as ``fit(dataset, ...)`` takes them:
 
 * a mapping of equal-length sequences ``{"images": [...], "prefixes": [...], "suffixes": [...]}``,
-  shuffled every epoch and cut into ``batch_size`` batches;
+  shuffled every epoch and cut into ``batch_size`` batches; keras-hub's names for the two text
+  keys, ``"prompts"`` and ``"responses"``, work everywhere in their place;
 * an iterable of such mappings, each one batch (it sets its own batch size, so ``batch_size``
   must not be given); iterated once per epoch, so pass a re-iterable object, not a generator,
   for more than one epoch;
@@ -45,11 +46,7 @@ def prepare_batch(
     prefixes, suffixes = list(prefixes), list(suffixes)
     if len(prefixes) != len(suffixes):
         raise InputError(f"got {len(prefixes)} prefixes for {len(suffixes)} suffixes; give one suffix per prefix")
-    size = preprocessor.image_size
-    if isinstance(images, torch.Tensor) and images.ndim == 4 and tuple(images.shape[1:]) == (3, size, size):
-        pixel_values = images.float()
-    else:
-        pixel_values = preprocessor.preprocess_images(images if not isinstance(images, tuple) else list(images))
+    pixel_values = preprocessor.pixel_values(images)
     if pixel_values.shape[0] != len(prefixes):
         raise InputError(f"got {pixel_values.shape[0]} images for {len(prefixes)} prefixes; give one image per example")
     encoded = [preprocessor.encode_example(p, s) for p, s in zip(prefixes, suffixes, strict=True)]
@@ -63,10 +60,26 @@ def prepare_batch(
 # ----------------------------------------------------------------------------- datasets
 
 
-def _check_keys(item: Any, where: str) -> None:
-    if not isinstance(item, Mapping) or any(k not in item for k in KEYS):
-        got = sorted(item) if isinstance(item, Mapping) else type(item).__name__
-        raise InputError(f"{where} must be a mapping with keys {list(KEYS)}, got {got}")
+# keras-hub's PaliGemmaCausalLMPreprocessor names -> ours (big_vision's prefix / suffix).
+ALIASES = {"prompts": "prefixes", "responses": "suffixes"}
+
+
+def _canonical(item: Any, where: str) -> dict:
+    """``item`` with keras-hub's key names renamed to ours; an error unless it has every key."""
+    if not isinstance(item, Mapping):
+        raise InputError(f"{where} must be a mapping with keys {list(KEYS)}, got {type(item).__name__}")
+    out = dict(item)
+    for alias, key in ALIASES.items():
+        if alias in out:
+            if key in out:
+                raise InputError(f"{where} has both {alias!r} and {key!r}; give {alias!r} or {key!r}, not both")
+            out[key] = out.pop(alias)
+    if any(k not in out for k in KEYS):
+        raise InputError(
+            f"{where} must be a mapping with keys {list(KEYS)} (or keras-hub's 'prompts' and 'responses'), "
+            f"got {sorted(item)}"
+        )
+    return out
 
 
 def _is_single_example(item: Mapping) -> bool:
@@ -94,8 +107,7 @@ def _memory_batches(data: Mapping, batch_size: int, order: list[int]) -> Iterato
 def _grouped(examples: Iterator[Mapping], first: Mapping, batch_size: int) -> Iterator[dict]:
     group = [first]
     for item in examples:
-        _check_keys(item, "every dataset item")
-        group.append(item)
+        group.append(_canonical(item, "every dataset item"))
         if len(group) == batch_size:
             yield {k: [g[k] for g in group] for k in KEYS}
             group = []
@@ -110,7 +122,7 @@ class Batches:
         self.dataset, self.cfg = dataset, cfg
         self.in_memory = isinstance(dataset, Mapping)
         if self.in_memory:
-            _check_keys(dataset, "an in-memory dataset")
+            dataset = self.dataset = _canonical(dataset, "an in-memory dataset")
             n = len(dataset["prefixes"])
             for k in KEYS:
                 if len(dataset[k]) != n:
@@ -140,7 +152,8 @@ class Batches:
             first = next(iter(self.dataset), None)
         else:
             raise TypeError("a one-shot iterator's length is unknown")
-        if isinstance(first, Mapping) and "prefixes" in first and _is_single_example(first):
+        prefixes = first.get("prefixes", first.get("prompts")) if isinstance(first, Mapping) else None
+        if isinstance(prefixes, str):  # an iterable of single examples
             return math.ceil(items / self.batch_size)
         return items
 
@@ -159,10 +172,10 @@ class Batches:
             yield from _memory_batches(self.dataset, self.batch_size, order)
             return
         items = iter(self.dataset)
-        first = next(items, None)
-        if first is None:
+        item = next(items, None)
+        if item is None:
             raise InputError("the dataset yielded no items")
-        _check_keys(first, "every dataset item")
+        first = _canonical(item, "every dataset item")
         if _is_single_example(first):
             yield from _grouped(items, first, self.batch_size)
             return
@@ -170,5 +183,4 @@ class Batches:
             raise InputError("this dataset yields whole batches, so batch_size does not apply; leave it unset")
         yield first
         for item in items:
-            _check_keys(item, "every dataset item")
-            yield item
+            yield _canonical(item, "every dataset item")

@@ -169,7 +169,9 @@ def test_checkpoint_reloads_to_the_same_model(tokenizer, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "config.json",
         "model.safetensors",
+        "preprocessor_config.json",  # the processor files transformers reads (test_transformers_interop.py)
         "tokenizer.model",
+        "tokenizer_config.json",
     ]
     assert not (tmp_path / "ckpt.partial").exists()
     again = PaliGemmaCausalLM.from_preset(tmp_path / "ckpt", dtype="float32", device="cpu")
@@ -224,6 +226,19 @@ def test_dataset_forms_are_equivalent(tokenizer):
     ]
     assert len(runs[0]) == 4
     assert runs[0] == pytest.approx(runs[1], abs=1e-5) and runs[0] == pytest.approx(runs[2], abs=1e-5)
+
+
+def test_keras_hub_keys_train_alike(tokenizer):
+    """keras-hub's documented keys, prompts/responses, mean prefixes/suffixes in every dataset form."""
+    keras = {"images": EXAMPLES["images"], "prompts": EXAMPLES["prefixes"], "responses": EXAMPLES["suffixes"]}
+    examples = [{k: keras[k][i] for k in keras} for i in range(len(EXAMPLES["prefixes"]))]
+    batches = [{k: keras[k][:2] for k in keras}, {k: keras[k][2:] for k in keras}]
+    expected = tiny_lm(tokenizer).fit(EXAMPLES, epochs=2, batch_size=2, shuffle=False).losses
+    assert tiny_lm(tokenizer).fit(keras, epochs=2, batch_size=2, shuffle=False).losses == pytest.approx(expected)
+    assert tiny_lm(tokenizer).fit(examples, epochs=2, batch_size=2).losses == pytest.approx(expected, abs=1e-5)
+    assert tiny_lm(tokenizer).fit(batches, epochs=2).losses == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="'prompts' or 'prefixes', not both"):
+        tiny_lm(tokenizer).fit({**EXAMPLES, "prompts": EXAMPLES["prefixes"]})
 
 
 def test_dataset_errors_name_the_fix(tokenizer):

@@ -29,9 +29,15 @@ from engine.runtime.memory import empty_weight
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "model.ckpt")
 
 
-def save_backbone(model: PaliGemmaBackbone, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+def save_backbone(
+    model: PaliGemmaBackbone,
+    directory: str | Path,
+    dtype: torch.dtype | None = None,
+    config: PaliGemmaConfig | None = None,
+) -> Path:
     """Write config.json + model.safetensors in the released hub layout (loadable by us and by
-    transformers). The tokenizer is the caller's to copy."""
+    transformers). ``config`` overrides what config.json says of the model (the caller's
+    ``image_token_index``, from the tokenizer); the tokenizer itself is the caller's to copy."""
     from safetensors.torch import save_file
 
     from engine.model.config import to_hf_config
@@ -44,7 +50,10 @@ def save_backbone(model: PaliGemmaBackbone, directory: str | Path, dtype: torch.
         for name, p in model.named_parameters()
     }
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(to_hf_config(model.config), indent=2) + "\n")
+    # The dtype of the matrices (Gemma's norm scales stay float32 in a bf16 model: engine.runtime keeps them).
+    stored = dtype or model.language_model.embed_tokens.weight.dtype
+    hf = to_hf_config(config or model.config, torch_dtype=str(stored).removeprefix("torch."))
+    (directory / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     return directory
 
 

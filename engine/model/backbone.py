@@ -147,6 +147,11 @@ class PaliGemmaBackbone(nn.Module):
         """Final-norm hidden states of the text positions float[B, T, H] (for losses that need only
         some positions' logits)."""
         b, t = token_ids.shape
+        if pixel_values.shape[0] != b:  # transformers refuses this too ("Image features and image tokens do not match")
+            n = pixel_values.shape[0]
+            raise InputError(
+                f"got {n} image{'s' if n != 1 else ''} (pixel_values) for {b} rows of token_ids; pass one image per row"
+            )
         n_img = self.num_image_tokens
         device = token_ids.device
         padding_mask = (

@@ -21,6 +21,12 @@ from engine.model.config_values import JSON_LIMIT, MAX_LAYERS, Block, bad, read_
 Variant = Literal["gemma", "gemma2"]
 WindowPolicy = Literal["none", "transformers"]
 
+# The released checkpoints' <image> id: the first id after the tokenizer's 257152 pieces (256000
+# Gemma + 1024 <loc> + 128 <seg>; transformers' convert_paligemma_weights_to_hf.py).
+IMAGE_TOKEN_INDEX = 257152
+# What released text configs say (Gemma's training context); pali's RoPE has no limit of its own.
+MAX_POSITION_EMBEDDINGS = 8192
+
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -91,6 +97,10 @@ class PaliGemmaConfig:
     pad_token_id: int = 0
     eos_token_id: int = 1
     bos_token_id: int = 2
+    # Hugging Face's <image> placeholder id. pali never feeds it (image features are prepended), but
+    # transformers reads it from config.json, and its class default (256000) is <loc0000> in the real
+    # vocabulary, so it is kept on load and always written.
+    image_token_index: int = IMAGE_TOKEN_INDEX
 
     @property
     def num_image_tokens(self) -> int:
@@ -199,6 +209,7 @@ def from_hf_config(config: dict, window_policy: WindowPolicy = "none") -> PaliGe
         pad_token_id=top.token_id("pad_token_id", 0),
         eos_token_id=top.token_id("eos_token_id", 1),
         bos_token_id=top.token_id("bos_token_id", 2),
+        image_token_index=top.token_id("image_token_index", top.token_id("image_token_id", IMAGE_TOKEN_INDEX)),
     )
 
 
@@ -221,9 +232,12 @@ def load_config(checkpoint_dir: str | Path, window_policy: WindowPolicy = "none"
 
 
 # Over 50 lines only because it is one literal dict: it reads as the config.json it writes.
-def to_hf_config(config: PaliGemmaConfig) -> dict:
-    """Inverse of from_hf_config: a config.json dict in Hugging Face's PaliGemma layout, with every
-    field written out (nothing left to class defaults), for checkpoints we save ourselves."""
+def to_hf_config(config: PaliGemmaConfig, torch_dtype: str = "float32") -> dict:
+    """Inverse of from_hf_config: a config.json dict in Hugging Face's PaliGemma layout, for
+    checkpoints we save ourselves. Every field the released files carry is written out (nothing is
+    left to transformers' class defaults, several of which are not PaliGemma's), except
+    ``transformers_version``, which names the library that wrote the file. ``torch_dtype`` is the
+    dtype the weights are stored in."""
     t, v = config.text, config.vision
     text: dict[str, Any] = {
         "model_type": t.variant,
@@ -237,7 +251,9 @@ def to_hf_config(config: PaliGemmaConfig) -> dict:
         "rms_norm_eps": t.rms_norm_eps,
         "rope_theta": t.rope_theta,
         "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": MAX_POSITION_EMBEDDINGS,
         "num_image_tokens": v.num_patches,
+        "torch_dtype": torch_dtype,
     }
     if t.variant == "gemma2":
         text.update(
@@ -248,6 +264,7 @@ def to_hf_config(config: PaliGemmaConfig) -> dict:
             attn_logit_softcapping=t.attn_logit_softcap,
             final_logit_softcapping=t.final_logit_softcap,
             sliding_window=t.sliding_window,
+            cache_implementation="hybrid",  # Gemma 2's local/global cache, as the released files say
         )
     vision = {
         "model_type": "siglip_vision_model",
@@ -261,17 +278,25 @@ def to_hf_config(config: PaliGemmaConfig) -> dict:
         "hidden_act": "gelu_pytorch_tanh",
         "vision_use_head": False,
         "projection_dim": t.hidden_size,
+        "projector_hidden_act": "gelu_fast",  # released PaliGemma 1 files carry it; the projector is linear
         "num_image_tokens": v.num_patches,
+        "num_positions": v.num_patches,
     }
-    return {
+    top: dict[str, Any] = {
         "architectures": ["PaliGemmaForConditionalGeneration"],
         "model_type": "paligemma",
         "text_config": text,
         "vision_config": vision,
+        "image_token_index": config.image_token_index,
+        "ignore_index": -100,
         "projection_dim": t.hidden_size,
         "hidden_size": t.hidden_size,
         "pad_token_id": config.pad_token_id,
         "eos_token_id": config.eos_token_id,
         "bos_token_id": config.bos_token_id,
         "vocab_size": t.vocab_size,
+        "torch_dtype": torch_dtype,
     }
+    if t.variant == "gemma2":
+        top["num_hidden_layers"] = t.num_layers  # transformers' PaliGemma 2 converter writes it
+    return top

@@ -26,6 +26,7 @@ import torch
 
 from engine.errors import InputError
 from engine.processing.image import RESAMPLE_FILTERS, ImageSource, preprocess_images
+from engine.processing.inputs import GenerationInputs, normalize_generation_inputs, to_pixels
 from engine.processing.tokenizer import PaliGemmaTokenizer
 
 # Markers of a transformers-formatted prompt. SentencePiece would encode them as plain characters,
@@ -39,6 +40,8 @@ class PaliGemmaCausalLMPreprocessor:
     Args:
         tokenizer: the checkpoint's tokenizer.
         image_size: the model's square input resolution R (224, 448 or 896 for released models).
+            Optional, as in keras-hub: a preprocessor attached to a ``PaliGemmaCausalLM`` takes its
+            backbone's; only a standalone one that handles images needs it.
         sequence_length: the most text tokens (image tokens not counted) a row may have.
         resample: ``"bilinear"`` (close to big_vision training) or ``"bicubic"`` (matches
             transformers' SiglipImageProcessor); see ``engine.processing.image``.
@@ -47,12 +50,12 @@ class PaliGemmaCausalLMPreprocessor:
     def __init__(
         self,
         tokenizer: PaliGemmaTokenizer,
-        image_size: int,
+        image_size: int | None = None,
         sequence_length: int = 1024,
         resample: str = "bilinear",
     ) -> None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-            raise InputError(f"image_size must be a positive int, got {image_size!r}")
+        if image_size is not None:
+            _check_image_size(image_size)
         if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length <= 0:
             raise InputError(f"sequence_length must be a positive int, got {sequence_length!r}")
         if resample not in RESAMPLE_FILTERS:
@@ -66,12 +69,36 @@ class PaliGemmaCausalLMPreprocessor:
     def from_preset(
         cls,
         directory: str | Path,
-        image_size: int,
+        image_size: int | None = None,
         sequence_length: int = 1024,
         resample: str = "bilinear",
     ) -> PaliGemmaCausalLMPreprocessor:
-        """Builds the preprocessor from a checkpoint directory holding ``tokenizer.model``."""
+        """Builds the preprocessor from a checkpoint directory holding ``tokenizer.model``; without
+        ``image_size``, the directory's config.json gives it (when it has one)."""
+        if image_size is None and (Path(directory) / "config.json").is_file():
+            from engine.model.config import load_config
+
+            image_size = load_config(directory).image_size
         return cls(PaliGemmaTokenizer.from_preset(directory), image_size, sequence_length, resample)
+
+    def attach(self, image_size: int) -> None:
+        """Called by ``PaliGemmaCausalLM`` with its backbone's resolution: adopts it, or refuses a
+        different one given at construction."""
+        if self.image_size is None:
+            self.image_size = _check_image_size(image_size)
+        elif self.image_size != image_size:
+            raise InputError(
+                f"this preprocessor was built with image_size {self.image_size} but the backbone takes "
+                f"{image_size} px images; build it without image_size to use the backbone's"
+            )
+
+    def _image_size(self) -> int:
+        if self.image_size is None:
+            raise InputError(
+                "this preprocessor does not know the model's image size yet: attach it to a "
+                "PaliGemmaCausalLM (which gives it its backbone's) or pass image_size="
+            )
+        return self.image_size
 
     # ----------------------------------------------------------------------------- text
 
@@ -149,49 +176,34 @@ class PaliGemmaCausalLMPreprocessor:
 
     def preprocess_images(self, images: ImageSource | Sequence[ImageSource]) -> torch.Tensor:
         """``float32[B, 3, R, R]`` in [-1, 1]; see ``engine.processing.image.preprocess_images``."""
-        return preprocess_images(images, self.image_size, self.resample)
+        return preprocess_images(images, self._image_size(), self.resample)
+
+    def pixel_values(self, images: Any) -> torch.Tensor:
+        """Like ``preprocess_images``, and already preprocessed ``float[B, 3, R, R]`` pixels pass as they are."""
+        return to_pixels(images, self._image_size(), self.resample)
+
+    def generation_inputs(self, x: Any, caller: str = "generate()") -> GenerationInputs:
+        """One image and one prompt per row, by the rule of ``engine.processing.inputs``."""
+        return normalize_generation_inputs(x, self._image_size(), self.resample, caller)
 
     # ----------------------------------------------------------------------------- generation
 
     def generate_preprocess(self, x: dict[str, Any], sequence_length: int | None = None) -> dict[str, torch.Tensor]:
-        """Model inputs for generation from ``{"images": ..., "text" | "prompts": ...}``.
+        """Model inputs for generation from ``{"images": ..., "prompts" | "text": ...}``, as keras-hub's.
 
-        One image per prompt. A single image with a list of prompts (or one prompt with a list of
-        images) is broadcast over the batch. Unbatched input gives a batch of one. Returns
-        ``pixel_values`` float32[B, 3, R, R], ``token_ids`` int64[B, T] and ``padding_mask`` bool[B, T]
-        (right-padded; T as in ``pack``).
+        Rows are made by ``engine.processing.inputs`` (one image per prompt, or one image or one
+        prompt for all) and right-padded to ``sequence_length`` (default: the preprocessor's), so
+        ``generate`` on the result fills each row up to that length. Returns ``pixel_values``
+        float32[B, 3, R, R] (keras-hub calls it ``images``; ``generate`` takes either name),
+        ``token_ids`` int64[B, T], ``padding_mask`` bool[B, T] and ``response_mask`` bool[B, T]
+        (all False: a prompt has no response). Always a batch, even for one str prompt.
         """
-        if not isinstance(x, dict) or "images" not in x:
-            raise InputError('generate_preprocess() takes a dict with "images" and "text" (or "prompts")')
-        if "text" in x and "prompts" in x:
-            raise InputError('pass the prompt under "text" or "prompts", not both')
-        prompts = x.get("text", x.get("prompts"))
-        if prompts is None:
-            raise InputError('generate_preprocess() needs the prompt under "text" (or "prompts")')
+        batch = self.generation_inputs(x, "generate_preprocess()")
+        packed = self.pack([self.encode_prompt(p) for p in batch.prompts], sequence_length or self.sequence_length)
+        return {"pixel_values": batch.pixel_values, **packed}
 
-        prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
-        images = x["images"]
-        # A list/tuple, or a 4-D numpy array, is a batch; anything else is one image.
-        is_batch = isinstance(images, (list, tuple)) or getattr(images, "ndim", 0) == 4
-        image_list = list(images) if is_batch else [images]
-        if not prompt_list or not image_list:
-            raise InputError("generate_preprocess() needs at least one image and one prompt")
-        batch = max(len(prompt_list), len(image_list))
-        if len(prompt_list) not in (1, batch) or len(image_list) not in (1, batch):
-            raise InputError(
-                f"got {len(image_list)} images for {len(prompt_list)} prompts; "
-                "give one image per prompt (or a single image or a single prompt for all)"
-            )
 
-        pixel_values = self.preprocess_images(image_list)
-        if pixel_values.shape[0] != batch:
-            pixel_values = pixel_values.expand(batch, -1, -1, -1).contiguous()
-        rows = [self.encode_prompt(p) for p in prompt_list]
-        if len(rows) != batch:
-            rows = rows * batch
-        packed = self.pack(rows, sequence_length)
-        return {
-            "pixel_values": pixel_values,
-            "token_ids": packed["token_ids"],
-            "padding_mask": packed["padding_mask"],
-        }
+def _check_image_size(image_size: Any) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise InputError(f"image_size must be a positive int, got {image_size!r}")
+    return image_size

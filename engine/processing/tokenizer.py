@@ -32,6 +32,7 @@ _CONVENTIONAL_PIECES = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "
 NUM_LOC_TOKENS = 1024
 NUM_SEG_TOKENS = 128
 TOKENIZER_FILENAME = "tokenizer.model"
+IMAGE_TOKEN = "<image>"  # Hugging Face's placeholder; not a piece of the real tokenizer.model
 
 
 def loc_token(i: int) -> str:
@@ -71,7 +72,7 @@ class PaliGemmaTokenizer:
         self.end_token_id: int = ids["eos"]
         self.start_token_id: int = ids["bos"]
         self.unk_token_id: int = ids["unk"]
-        self.vocabulary_size: int = self._sp.get_piece_size()
+        self._size: int = self._sp.get_piece_size()
         self.newline_token_id: int = self._single_piece_id("\n")
         self._dropped_on_detokenize = frozenset((self.pad_token_id, self.end_token_id, self.start_token_id))
 
@@ -154,6 +155,24 @@ class PaliGemmaTokenizer:
 
     # ----------------------------------------------------------------------------- lookups
 
+    def vocabulary_size(self) -> int:
+        """Number of SentencePiece pieces (keras-hub's method; 257152 for the real tokenizer)."""
+        return self._size
+
+    def get_vocabulary(self) -> list[str]:
+        """Every piece, indexed by id (keras-hub's ``get_vocabulary``)."""
+        return [self._sp.id_to_piece(i) for i in range(self._size)]
+
+    @property
+    def image_token_id(self) -> int:
+        """The id Hugging Face's processor gives ``<image>``: the first id after the pieces (257152 for
+        the real tokenizer, transformers' image_token_index), unless the model has such a piece itself.
+        pali never feeds it (image features are prepended); checkpoints it saves record it."""
+        try:
+            return self.token_to_id(IMAGE_TOKEN)
+        except KeyError:
+            return self._size
+
     def loc_token_id(self, i: int) -> int:
         """Id of ``<locNNNN>`` (256000 + i in the real tokenizer)."""
         return self.token_to_id(loc_token(i))
@@ -176,10 +195,8 @@ class PaliGemmaTokenizer:
         return self._sp.id_to_piece(int(token_id))
 
     def _check_id(self, token_id: int) -> None:
-        if not 0 <= int(token_id) < self.vocabulary_size:
-            raise InputError(
-                f"token id {int(token_id)} is outside the tokenizer's vocabulary [0, {self.vocabulary_size})"
-            )
+        if not 0 <= int(token_id) < self._size:
+            raise InputError(f"token id {int(token_id)} is outside the tokenizer's vocabulary [0, {self._size})")
 
     # ----------------------------------------------------------------------------- text <-> ids
 
@@ -225,7 +242,7 @@ class PaliGemmaTokenizer:
         return self._sp.decode(kept)
 
     def __repr__(self) -> str:
-        return f"PaliGemmaTokenizer({self._source!r}, vocabulary_size={self.vocabulary_size})"
+        return f"PaliGemmaTokenizer({self._source!r}, vocabulary_size={self._size})"
 
 
 def _first_line(e: BaseException) -> str:

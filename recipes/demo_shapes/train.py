@@ -132,7 +132,7 @@ def build(tokenizer_path: Path, seed: int = INIT_SEED, **sizes: int):
 
     torch.manual_seed(seed)
     tokenizer = PaliGemmaTokenizer(train_demo_tokenizer(tokenizer_path))
-    config = demo_config(_padded_vocab(tokenizer.vocabulary_size), **sizes)
+    config = demo_config(_padded_vocab(tokenizer.vocabulary_size()), **sizes)
     backbone = PaliGemmaBackbone(config)
     init_demo_weights(backbone, tokenizer, seed)
     pre = PaliGemmaCausalLMPreprocessor(tokenizer, config.image_size, sequence_length=64)
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     common, stage2, stage3, stage4 = _stages(args)
     print(
         f"pali-demo-shapes: {n_params / 1e6:.2f} M parameters, {lm.backbone.num_image_tokens} image tokens, "
-        f"vocabulary {lm.preprocessor.tokenizer.vocabulary_size}, sizes {DEMO_SIZES}"
+        f"vocabulary {lm.preprocessor.tokenizer.vocabulary_size()}, sizes {DEMO_SIZES}"
     )
     print(
         f"settings: steps (vision, frozen, all, polish)=({args.vision_steps}, {args.frozen_steps}, {args.steps}, "

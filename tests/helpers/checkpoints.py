@@ -42,6 +42,7 @@ class TinySpec:
     vision_layers: int = 2
     vision_heads: int = 2
     text_extra: tuple = ()  # (key, value) pairs for text_config, e.g. (("sliding_window", 8),)
+    vocab: int = MODEL_VOCAB  # embedding rows; the released 257216 for ids of the real vocabulary
 
 
 def hf_config(spec: TinySpec):
@@ -55,7 +56,7 @@ def hf_config(spec: TinySpec):
         num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads,
         head_dim=spec.head_dim,
-        vocab_size=MODEL_VOCAB,
+        vocab_size=spec.vocab,
         hidden_activation="gelu_pytorch_tanh",
         pad_token_id=0,
         bos_token_id=2,
@@ -81,7 +82,7 @@ def hf_config(spec: TinySpec):
         image_token_index=IMAGE_TOKEN_ID,
         projection_dim=spec.hidden,
         hidden_size=spec.hidden,
-        vocab_size=MODEL_VOCAB,
+        vocab_size=spec.vocab,
         pad_token_id=0,
         bos_token_id=2,
         eos_token_id=1,

@@ -170,12 +170,17 @@ def test_pack_checks_response_mask_lengths(pre) -> None:
 
 
 def test_generate_preprocess_single(pre, image) -> None:
+    """keras-hub's output: padded to the preprocessor's sequence_length, a response_mask (all False
+    for a prompt); always a batch, with the pixels under "pixel_values"."""
     out = pre.generate_preprocess({"images": image, "text": "caption en\n"})
-    assert set(out) == {"pixel_values", "token_ids", "padding_mask"}
+    assert set(out) == {"pixel_values", "token_ids", "padding_mask", "response_mask"}
     assert out["pixel_values"].shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert torch.equal(out["pixel_values"], preprocess_images(image, IMAGE_SIZE))
-    assert out["token_ids"][0].tolist() == pre.encode_prompt("caption en")
-    assert out["padding_mask"].all()
+    ids = pre.encode_prompt("caption en")
+    assert out["token_ids"].shape == (1, pre.sequence_length)
+    assert out["token_ids"][0, : len(ids)].tolist() == ids and out["token_ids"][0, len(ids) :].eq(0).all()
+    assert out["padding_mask"][0].tolist() == [True] * len(ids) + [False] * (pre.sequence_length - len(ids))
+    assert not out["response_mask"].any()
 
 
 def test_generate_preprocess_batch_with_keras_hub_key(pre, image) -> None:

@@ -30,7 +30,17 @@ def test_special_ids(tiny_tokenizer: PaliGemmaTokenizer, raw_sp: spm.SentencePie
     assert tiny_tokenizer.start_token_id == 2
     assert tiny_tokenizer.unk_token_id == 3
     assert [tiny_tokenizer.id_to_token(i) for i in range(4)] == ["<pad>", "<eos>", "<bos>", "<unk>"]
-    assert tiny_tokenizer.vocabulary_size == raw_sp.get_piece_size()
+    assert tiny_tokenizer.vocabulary_size() == raw_sp.get_piece_size()
+
+
+def test_keras_hub_vocabulary_methods(tiny_tokenizer: PaliGemmaTokenizer, raw_sp: spm.SentencePieceProcessor) -> None:
+    """keras-hub's forms: ``vocabulary_size()`` is a method, ``get_vocabulary()`` lists every piece by id."""
+    vocabulary = tiny_tokenizer.get_vocabulary()
+    assert len(vocabulary) == tiny_tokenizer.vocabulary_size() == raw_sp.get_piece_size()
+    assert vocabulary == [raw_sp.id_to_piece(i) for i in range(raw_sp.get_piece_size())]
+    assert vocabulary[:4] == ["<pad>", "<eos>", "<bos>", "<unk>"]
+    assert vocabulary[tiny_tokenizer.loc_token_id(51)] == "<loc0051>"
+    assert "<image>" not in vocabulary and tiny_tokenizer.image_token_id == len(vocabulary)  # Hugging Face's next id
 
 
 def test_newline_is_one_piece(tiny_tokenizer: PaliGemmaTokenizer, raw_sp: spm.SentencePieceProcessor) -> None:
@@ -119,8 +129,8 @@ def test_detokenize_accepts_arrays_and_batches(tiny_tokenizer: PaliGemmaTokenize
 
 
 def test_detokenize_rejects_ids_outside_vocabulary(tiny_tokenizer: PaliGemmaTokenizer) -> None:
-    with pytest.raises(ValueError, match=str(tiny_tokenizer.vocabulary_size)):
-        tiny_tokenizer.detokenize([tiny_tokenizer.vocabulary_size])
+    with pytest.raises(ValueError, match=str(tiny_tokenizer.vocabulary_size())):
+        tiny_tokenizer.detokenize([tiny_tokenizer.vocabulary_size()])
 
 
 def test_token_to_id(tiny_tokenizer: PaliGemmaTokenizer) -> None:
