@@ -26,7 +26,7 @@ class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1  # runtime failure: the model or the output could not be used
     USAGE = 2  # bad command line (click's own usage errors use 2 as well)
-    ITEMS_FAILED = 3  # the run finished but one or more images have an error record
+    ITEMS_FAILED = 3  # the run finished but images have an error record, or inputs were left out
     MODEL_UNAVAILABLE = 4  # the model could not be downloaded or found (auth, offline, 404)
     NO_INPUT = 5  # no image matched the given paths, directories or patterns
     HANGUP = 129  # SIGHUP (128 + 1: the terminal closed); finished records are kept

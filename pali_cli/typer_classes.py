@@ -24,9 +24,9 @@ from pali_cli.errors import CliError, ExitCode, Interrupted, exit_code_for, hint
 
 EXIT_CODES = (
     "[bold]Exit codes:[/bold] 0 ok, 1 runtime failure, 2 usage error, 3 some images failed (see their "
-    "error records), 4 model unavailable (download, login, offline), 5 no input matched, 129 the terminal "
-    "closed (SIGHUP), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); after 129-143 rerun the same "
-    "command to resume."
+    "error records) or were left out, 4 model unavailable (download, login, offline), 5 no input "
+    "matched, 129 the terminal closed (SIGHUP), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); "
+    "after 129-143 rerun the same command to resume."
 )
 
 

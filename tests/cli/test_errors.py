@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -61,8 +62,24 @@ def test_every_engine_error_is_a_pali_error_and_keeps_its_builtin_base():
 
 def test_exit_codes_are_the_readme_table():
     table = README.read_text(encoding="utf-8").split("### Exit codes", 1)[1].split("###", 1)[0]
-    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
-    assert documented == {int(code) for code in ExitCode}
+    rows = dict(re.findall(r"^\| (\d+) \| (.*) \|$", table, flags=re.M))
+    assert {int(code) for code in rows} == {int(code) for code in ExitCode}
+    # The signal codes are the shell's 128 + signal number, and each row names its signal.
+    for code, signum, words in (
+        (ExitCode.HANGUP, signal.SIGHUP, "SIGHUP"),
+        (ExitCode.INTERRUPTED, signal.SIGINT, "Ctrl-C"),
+        (ExitCode.TERMINATED, signal.SIGTERM, "SIGTERM"),
+    ):
+        assert code == 128 + signum and words in rows[str(int(code))]
+    assert "usage" in rows[str(int(ExitCode.USAGE))] and "unavailable" in rows[str(int(ExitCode.MODEL_UNAVAILABLE))]
+    assert "left out" in rows[str(int(ExitCode.ITEMS_FAILED))]  # an unreadable directory exits 3 too
+
+
+def test_exit_codes_in_the_help_are_the_table():
+    from pali_cli.typer_classes import EXIT_CODES
+
+    listed = {int(code) for code in re.findall(r"(?<![\d-])(\d+) (?=[a-z])", EXIT_CODES)}
+    assert listed == {int(code) for code in ExitCode}
 
 
 def test_hints_name_cli_commands_the_engine_does_not():

@@ -60,6 +60,21 @@ def test_a_single_unreadable_image_fails_before_loading(tiny_pali, photos_dir):
     assert "Done: 2 images" in result.stderr and "img/s" not in result.stderr  # no rate: nothing succeeded
 
 
+def test_the_summary_rate_counts_only_the_images_that_succeeded(tiny_pali, photos_dir, monkeypatch):
+    from pali_cli import runner
+
+    class TenSeconds:
+        seconds = 10.0
+
+    monkeypatch.setattr(runner, "Stopwatch", TenSeconds)
+    for name in ("bad1.png", "bad2.png"):
+        (photos_dir / "photos" / name).write_bytes(b"not an image")
+    result = tiny_pali("caption", "photos", "-o", "out.jsonl")
+    assert result.exit_code == 3, result.output
+    [summary] = [line for line in result.stderr.splitlines() if line.startswith("Done:")]
+    assert "Done: 5 images" in summary and "(3.3 s/img)" in summary and "2 failed" in summary  # 10 s / 3 good
+
+
 def test_dash_o_dash_is_stdout(tiny_pali, photos_dir):
     result = tiny_pali("caption", "photos", "-o", "-")
     assert result.exit_code == 0, result.output
@@ -231,6 +246,34 @@ def test_a_run_stopped_before_its_first_record_names_no_file_it_never_wrote(tiny
     assert result.exit_code == 130, result.output
     assert "out.jsonl" not in result.stderr and "No image was finished yet" in result.stderr
     assert not (photos_dir / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_a_signal_mid_run_finishes_the_batch_and_fsyncs_the_records(tiny_pali, photos_dir, monkeypatch, signame, code):
+    import signal
+
+    from engine import PaliGemmaCausalLM
+    from engine.causal_lm import Completion
+    from pali_cli import results
+
+    def complete(self, images, prompts, max_new_tokens=64, stop_token_ids="auto", on_step=None):
+        os.kill(os.getpid(), getattr(signal, signame))  # arrives while the first batch runs
+        return [Completion("a photo", [1], "stop") for _ in images]
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(PaliGemmaCausalLM, "complete", complete)
+    monkeypatch.setattr(results.os, "fsync", fsync)
+    result = tiny_pali("caption", "photos", "-o", "out.jsonl", "-b", "2")
+    assert result.exit_code == code, result.output
+    assert "stopped after 2 of 3 images" in result.stderr
+    data = (photos_dir / "out.jsonl").read_bytes()
+    assert len(jsonl(data.decode())) == 2 and synced == [len(data)]  # fsynced once everything was written
 
 
 @pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)])

@@ -128,6 +128,15 @@ def test_dev_full_says_the_disk_is_full():
     assert proc.stdout.startswith("1 cannot write /dev/full: the disk is full"), proc.stdout
 
 
+def test_dev_stdout_on_a_pipe_is_written_not_read():
+    """``-o /dev/stdout | cat``: the path names the pipe; reading it to resume would wait for ever."""
+    proc = in_capped_child(
+        "out = ResultsFile(Path('/dev/stdout'), print)\nout.write(record)\nout.close()\n"
+    )  # subprocess.run's capture_output makes the child's stdout a pipe
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [json.loads(line)["image"] for line in proc.stdout.splitlines()] == ["a.jpg"]
+
+
 def test_a_fifo_is_a_write_only_output(tmp_path, warnings):
     fifo = tmp_path / "results.fifo"
     os.mkfifo(fifo)
