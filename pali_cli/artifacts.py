@@ -104,7 +104,7 @@ class ImageOutputs:
         for flag, folder in (("--draw", self.draw_dir), ("--masks-dir", self.masks_dir)):
             if folder is not None and folder.exists() and not folder.is_dir():
                 raise UsageProblem(f"{flag} {folder} is a file; give a directory (it is created if missing)")
-        owner: dict[str, Path] = {}
+        owner: dict[str, Source] = {}
         for image in images:
             key = os.path.normcase(image.stem)
             if key in owner:

@@ -90,7 +90,14 @@ class Reporter:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if self.quiet else "default")
 
-            def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
+            def show(
+                message: Warning | str,
+                category: type[Warning],
+                filename: str,
+                lineno: int,
+                file: Any = None,
+                line: str | None = None,
+            ) -> None:
                 self.warn(" ".join(str(message).split()))
 
             warnings.showwarning = show
@@ -115,9 +122,13 @@ class Reporter:
             yield ProgressHandle(progress, description, total)
 
 
-class PlainBar(BarColumn):
+class PlainBar(ProgressColumn):
     """The bar without colour (NO_COLOR, or a terminal without colours): rich tells done from to-do
     by colour alone, so without it the bar would be one blank line; here to-do is a thinner line."""
+
+    def __init__(self, bar_width: int | None = 40) -> None:
+        super().__init__()
+        self.bar_width = bar_width
 
     def render(self, task: Task) -> Text:
         width = self.bar_width or 20

@@ -155,13 +155,14 @@ def precheck(todo: list[Source], job: Job, preset: str) -> list[Record] | None:
     """For a small run: if no image can even be opened (missing, unreadable, not a regular file,
     not an image), their error records, found without loading the model; else None (the run
     finds the bad ones again as it goes, keeping the records in input order)."""
-    if len(todo) > PRECHECK_LIMIT or any(not isinstance(s, Path) for s in todo):
+    files = [s for s in todo if isinstance(s, Path)]
+    if len(todo) > PRECHECK_LIMIT or len(files) < len(todo):
         return None
     from engine import ImageLoadError
     from engine.processing.image import check_image_file
 
     failed: list[Record] = []
-    for source in todo:
+    for source in files:
         try:
             check_image_file(source)
         except ImageLoadError as e:

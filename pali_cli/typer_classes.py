@@ -93,10 +93,13 @@ class PaliGroup(_PlainHelp, TyperGroup):
         prog_name: str | None = None,
         complete_var: str | None = None,
         standalone_mode: bool = True,
+        windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
         try:
-            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            result = super().main(
+                args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra
+            )
             code = result if isinstance(result, int) else 0
         except typer.Abort:
             code = int(ExitCode.INTERRUPTED)

@@ -101,7 +101,7 @@ def test_every_library_the_product_imports_is_a_declared_dependency():
     requirements = [*project["dependencies"], *project["optional-dependencies"]["ray"]]
     declared = {re.split(r"[^A-Za-z0-9_.-]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
     providers = packages_distributions()
-    missing = {}
+    missing: dict[str, set[str]] = {}
     for package in ("engine", "pali_cli"):
         for path in _package_files(package):
             for name in _imports(path):

@@ -164,9 +164,14 @@ def test_the_finite_check_adds_no_host_sync_per_decode_step(backbone, monkeypatc
     """One check on the prefill logits: the decode steps sync once each (the sampled tokens), as before."""
     import engine.generate as generate
 
-    calls = []
+    calls: list[int] = []
     real = generate._check_finite
-    monkeypatch.setattr(generate, "_check_finite", lambda *a: (calls.append(1), real(*a))[1])
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(generate, "_check_finite", counted)
     generate_tokens(backbone, _pixels(1), PROMPTS[:1], [6], greedy)
     assert len(calls) == 1
 

@@ -195,7 +195,7 @@ def test_boxes_are_in_pixels_of_the_original_image(tiny_pali, photos_dir, monkey
     from engine import PaliGemmaCausalLM
     from engine.causal_lm import Completion
 
-    seen = []
+    seen: list[tuple[int, int]] = []
 
     def complete(self, images, prompts, max_new_tokens=64, stop_token_ids="auto", on_step=None):
         seen.extend(im.size for im in images)
@@ -254,7 +254,6 @@ def test_a_signal_mid_run_finishes_the_batch_and_fsyncs_the_records(tiny_pali, p
 
     from engine import PaliGemmaCausalLM
     from engine.causal_lm import Completion
-    from pali_cli import results
 
     def complete(self, images, prompts, max_new_tokens=64, stop_token_ids="auto", on_step=None):
         os.kill(os.getpid(), getattr(signal, signame))  # arrives while the first batch runs
@@ -268,7 +267,7 @@ def test_a_signal_mid_run_finishes_the_batch_and_fsyncs_the_records(tiny_pali, p
         real_fsync(fd)
 
     monkeypatch.setattr(PaliGemmaCausalLM, "complete", complete)
-    monkeypatch.setattr(results.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)  # pali_cli.results calls os.fsync
     result = tiny_pali("caption", "photos", "-o", "out.jsonl", "-b", "2")
     assert result.exit_code == code, result.output
     assert "stopped after 2 of 3 images" in result.stderr

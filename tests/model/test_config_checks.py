@@ -10,6 +10,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from tests.model.test_config import PG1_HUB
 def with_field(path: str, value) -> dict:
     config = copy.deepcopy(PG1_HUB)
     *parents, leaf = path.split(".")
-    target = config
+    target: Any = config
     for part in parents:
         target = target[part]
     target[leaf] = value
