@@ -18,14 +18,14 @@ _pali() {
         "caption")
             case "$prev" in
                 -l|--lang) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
-                --files-from) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                -o|--output) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --files-from) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                -o|--output) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --sidecar-ext) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --on-existing) COMPREPLY=($(compgen -W "skip overwrite append" -- "$cur")); return ;;
                 --prefix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --suffix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
-                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur") $(compgen -d -- "$cur")); return ;;
-                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur")); local IFS=$'\n'; COMPREPLY+=($(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
                 --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
@@ -45,20 +45,20 @@ _pali() {
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
-                compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
+                compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur"))
             fi
             ;;
         "ask")
             case "$prev" in
                 -l|--lang) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
-                --files-from) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                -o|--output) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --files-from) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                -o|--output) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --sidecar-ext) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --on-existing) COMPREPLY=($(compgen -W "skip overwrite append" -- "$cur")); return ;;
                 --prefix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --suffix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
-                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur") $(compgen -d -- "$cur")); return ;;
-                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur")); local IFS=$'\n'; COMPREPLY+=($(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
                 --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
@@ -78,20 +78,20 @@ _pali() {
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "-l --lang -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
-                compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
+                compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur"))
             fi
             ;;
         "detect")
             case "$prev" in
-                --draw) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
-                --files-from) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                -o|--output) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --draw) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --files-from) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                -o|--output) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --sidecar-ext) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --on-existing) COMPREPLY=($(compgen -W "skip overwrite append" -- "$cur")); return ;;
                 --prefix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --suffix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
-                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur") $(compgen -d -- "$cur")); return ;;
-                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur")); local IFS=$'\n'; COMPREPLY+=($(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
                 --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
@@ -111,22 +111,22 @@ _pali() {
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "--draw -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
-                compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
+                compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur"))
             fi
             ;;
         "segment")
             case "$prev" in
-                --masks-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
-                --draw) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
-                --seg-decoder) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --files-from) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                -o|--output) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --masks-dir) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --draw) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --seg-decoder) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --files-from) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                -o|--output) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --sidecar-ext) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --on-existing) COMPREPLY=($(compgen -W "skip overwrite append" -- "$cur")); return ;;
                 --prefix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --suffix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
-                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur") $(compgen -d -- "$cur")); return ;;
-                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur")); local IFS=$'\n'; COMPREPLY+=($(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
                 --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
@@ -146,19 +146,19 @@ _pali() {
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "--masks-dir --draw --seg-decoder -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
-                compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
+                compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur"))
             fi
             ;;
         "ocr")
             case "$prev" in
-                --files-from) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                -o|--output) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --files-from) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                -o|--output) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --sidecar-ext) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --on-existing) COMPREPLY=($(compgen -W "skip overwrite append" -- "$cur")); return ;;
                 --prefix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --suffix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
-                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur") $(compgen -d -- "$cur")); return ;;
-                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur")); local IFS=$'\n'; COMPREPLY+=($(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
                 --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
@@ -178,19 +178,20 @@ _pali() {
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
-                compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
+                compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur"))
             fi
             ;;
         "prompt")
             case "$prev" in
-                --files-from) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                -o|--output) compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seg-decoder) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --files-from) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                -o|--output) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --sidecar-ext) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --on-existing) COMPREPLY=($(compgen -W "skip overwrite append" -- "$cur")); return ;;
                 --prefix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
                 --suffix) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
-                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur") $(compgen -d -- "$cur")); return ;;
-                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                -p|--preset) compopt -o filenames; COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur")); local IFS=$'\n'; COMPREPLY+=($(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto bfloat16 float16 float32" -- "$cur")); return ;;
                 --quantize) COMPREPLY=($(compgen -W "none int8 int4" -- "$cur")); return ;;
@@ -208,9 +209,9 @@ _pali() {
                 --worker-gpus) compopt +o default +o bashdefault; COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "--seg-decoder -r --recursive --files-from -o --output --json --overwrite --retry-failed -q --quiet --sidecar --sidecar-ext --on-existing --prefix --suffix -p --preset --cache-dir --device --dtype --quantize --threads -b --batch-size --max-tokens --sampler --temperature --top-k --top-p --seed --ray --workers --worker-cpus --worker-gpus -h --help" -- "$cur"))
             else
-                compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
+                compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur"))
             fi
             ;;
         "completion")
@@ -224,17 +225,17 @@ _pali() {
             ;;
         "presets list")
             case "$prev" in
-                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
             esac
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "--json --downloaded --cache-dir -h --help" -- "$cur"))
             else
-                compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))
+                compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -f -- "$cur"))
             fi
             ;;
         "presets download")
             case "$prev" in
-                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
             esac
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "--cache-dir -q --quiet -h --help" -- "$cur"))
@@ -244,7 +245,7 @@ _pali() {
             ;;
         "presets rm")
             case "$prev" in
-                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
             esac
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "--cache-dir -q --quiet -h --help" -- "$cur"))
@@ -254,7 +255,7 @@ _pali() {
             ;;
         "presets path")
             case "$prev" in
-                --cache-dir) compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur")); return ;;
+                --cache-dir) compopt -o filenames; local IFS=$'\n'; COMPREPLY=($(compgen -d -- "$cur")); return ;;
             esac
             if [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "--cache-dir -h --help" -- "$cur"))

@@ -134,7 +134,7 @@ class PaliGemmaCausalLM:
             return (self.backbone.config.eos_token_id,)
         return tuple(int(i) for i in (stop_token_ids or ()))
 
-    def _generate_ids(self, pixel_values, prompts, budgets, stop_ids) -> list[list[int]]:
+    def _generate_ids(self, pixel_values, prompts, budgets, stop_ids, on_step=None) -> list[list[int]]:
         """Run rows with a positive budget; rows without one get no tokens."""
         out: list[list[int]] = [[] for _ in prompts]
         live = [i for i, n in enumerate(budgets) if n > 0]
@@ -150,6 +150,7 @@ class PaliGemmaCausalLM:
             lambda logits: self.sampler(logits, generator),
             stop_ids,
             vocab_limit=vocab,
+            on_step=on_step,
         )
         for i, tokens in zip(live, new, strict=True):
             out[i] = tokens
@@ -174,8 +175,10 @@ class PaliGemmaCausalLM:
         prompts: Sequence[str],
         max_new_tokens: int = 64,
         stop_token_ids: Any = "auto",
+        on_step: Any = None,
     ) -> list[Completion]:
-        """One Completion per (image, prompt) pair, generated as one batch."""
+        """One Completion per (image, prompt) pair, generated as one batch. ``on_step(rows, tokens)``
+        is called after each step with the rows still running and their new token ids."""
         pre = self._require_preprocessor()
         if len(images) != len(prompts):
             raise InputError(f"got {len(images)} images for {len(prompts)} prompts; pass one image per prompt")
@@ -184,7 +187,7 @@ class PaliGemmaCausalLM:
         stop_ids = self._stop_ids(stop_token_ids)
         rows = [pre.encode_prompt(p) for p in prompts]
         new = self._generate_ids(
-            self._pixel_values(list(images), len(rows)), rows, [max_new_tokens] * len(rows), stop_ids
+            self._pixel_values(list(images), len(rows)), rows, [max_new_tokens] * len(rows), stop_ids, on_step
         )
         out = []
         for tokens in new:

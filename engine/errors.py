@@ -8,9 +8,11 @@ from the kind alone (the CLI turns kinds into exit codes in one table, ``pali_cl
     +-- InputError                 bad input from the caller: an argument, a prompt, an image, a name
     |   +-- UnknownPresetError     a preset name that is neither a canonical name nor an alias
     |   +-- ImageLoadError         an image that cannot be read or converted
+    |   +-- LocalModelError        a local path that is not a checkpoint directory
     +-- CheckpointError            files on disk that do not make a usable model: weights,
     |   +-- QuantizeError          config.json, tokenizer.model, a quantized-weights cache,
-    |   +-- MaskDecoderError       the segmentation mask decoder's vae-oid.npz
+    |   +-- MaskDecoderError       the segmentation mask decoder's vae-oid.npz,
+    |   +-- NonFiniteLogitsError   weights that compute NaN/Inf
     +-- ModelUnavailableError      a checkpoint that cannot be had locally (subclasses say why:
     |                              login, licence, not found, offline, interrupted, ...)
     +-- TrainingError              training stopped (the loss diverged)
@@ -36,6 +38,7 @@ __all__ = [
     "MaskDecoderError",
     "ModelNotFoundError",
     "ModelUnavailableError",
+    "NonFiniteLogitsError",
     "OfflineError",
     "PaliError",
     "QuantizeError",
@@ -76,6 +79,23 @@ class ImageLoadError(InputError):
     """An image could not be read or converted; the message is one line naming the input."""
 
 
+class LocalModelError(InputError):
+    """A checkpoint named by a local path that is not one: no such directory, a file, no
+    config.json (also the bundled demo model missing from a broken installation), or a local
+    checkpoint asked to be removed as if it were a download. ``label`` is the path as named."""
+
+    def __init__(self, message: str, *, label: str | None = None) -> None:
+        super().__init__(message)
+        self.label = label
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_local, (str(self), self.label))
+
+
+def _rebuild_local(message: str, label: str | None) -> LocalModelError:
+    return LocalModelError(message, label=label)
+
+
 # ----------------------------------------------------------------------------- bad files
 
 
@@ -88,6 +108,10 @@ class QuantizeError(CheckpointError):
 
 
 # ----------------------------------------------------------------------------- unavailable models
+
+
+class NonFiniteLogitsError(CheckpointError):
+    """The model computed NaN or Inf logits: weights holding such values (or a dtype that overflows)."""
 
 
 class MaskDecoderError(CheckpointError):
@@ -136,10 +160,6 @@ class DownloadInterruptedError(ModelUnavailableError):
 
 class UnsupportedCheckpointError(ModelUnavailableError):
     """The repository has no safetensors weights, config.json or tokenizer.model."""
-
-
-class LocalModelError(ModelUnavailableError):
-    """A local directory (or the bundled demo model) is missing or is not a checkpoint."""
 
 
 # ----------------------------------------------------------------------------- training

@@ -9,6 +9,8 @@ Pieces: ``prefill`` runs image + prompt once and returns the first logits and a 
 rows leave (every per-row tensor and the KV caches together), so they cost nothing afterwards.
 ``stream_tokens`` is the loop: sample, hand out, drop the finished rows, decode. It reads the
 device once per step (the sampled tokens, as a list); stop ids and budgets are checked on the host.
+The prefill's logits are checked once for NaN/Inf (one more read per batch, none per step): weights
+holding such values would otherwise give empty or garbage text without a word.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.errors import NonFiniteLogitsError
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.kv_cache import KVCache
 
 Sample = Callable[[torch.Tensor], torch.Tensor]  # fp32 logits float[b, V] -> ids int[b]
+OnStep = Callable[[list[int], list[int]], None]  # (rows still running, their new tokens), each step
 
 
 @dataclass
@@ -86,12 +90,26 @@ def prefill(
     x = torch.cat([backbone.encode_images(pixel_values).to(dtype), lm.embed(ids)], dim=1)  # (B, N_img + T, H)
     masks = backbone.prefill_masks(input_mask, torch.zeros_like(input_mask), positions)
     logits = lm.logits(lm(x, positions, masks, caches, start=0)[:, -1])  # (B, V)
+    _check_finite(backbone, logits)
     key_valid = torch.zeros(b, total, dtype=torch.bool, device=device)
     key_valid[:, :prompt_end] = input_mask
     key_pos = torch.zeros(b, total, dtype=torch.long, device=device)
     key_pos[:, :prompt_end] = positions
     state = Running(list(range(b)), list(max_new_tokens), positions[:, -1] + 1, key_valid, key_pos, caches)
     return logits, state
+
+
+def _check_finite(backbone: PaliGemmaBackbone, logits: torch.Tensor) -> None:
+    """The first logits of every row must be finite; one device read."""
+    if bool(torch.isfinite(logits).all()):
+        return
+    where = backbone.checkpoint or "the model"
+    dtype = backbone.language_model.dtype
+    overflow = " (or float16 overflowed: run in bfloat16 or float32)" if dtype == torch.float16 else ""
+    raise NonFiniteLogitsError(
+        f"{where}: the model computed NaN or Inf logits for the first token: the checkpoint's weights hold "
+        f"NaN/Inf values{overflow}; re-download or re-export the checkpoint"
+    )
 
 
 def decode_step(backbone: PaliGemmaBackbone, state: Running, tokens: torch.Tensor, slot: int) -> torch.Tensor:
@@ -149,10 +167,14 @@ def generate_tokens(
     sample: Sample,
     stop_ids: Sequence[int] = (),
     vocab_limit: int | None = None,
+    on_step: OnStep | None = None,
 ) -> list[list[int]]:
-    """All new tokens per row (a stop token, when produced, is the last one)."""
+    """All new tokens per row (a stop token, when produced, is the last one). ``on_step`` sees each
+    step as it comes (e.g. to print text as it is generated)."""
     out: list[list[int]] = [[] for _ in prompts]
     for rows, tokens in stream_tokens(backbone, pixel_values, prompts, max_new_tokens, sample, stop_ids, vocab_limit):
         for row, token in zip(rows, tokens, strict=True):
             out[row].append(token)
+        if on_step is not None:
+            on_step(rows, tokens)
     return out

@@ -1,7 +1,8 @@
 """The ``pali`` command line: PaliGemma captioning, VQA, OCR, detection and segmentation on local images.
 
 Commands are thin: each builds a ``Job`` (what to ask the model) and hands it to the runner with
-the shared ``RunOptions``. Domain errors are turned into exit codes in one place, ``PaliGroup``.
+the shared ``RunOptions``. Errors become one line and an exit code in one place
+(``pali_cli.typer_classes.PaliGroup``, with the table in ``pali_cli.errors``).
 Nothing here imports torch or the model engine at import time, so ``pali --help`` is instant.
 """
 
@@ -9,22 +10,15 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
-from engine import PaliError
-from pali_cli.errors import CliError, ExitCode, Interrupted, UsageProblem, exit_code_for, hint_for
+from pali_cli.errors import ExitCode, UsageProblem
 from pali_cli.options import Draw, Images, Lang, MasksDir, RunOptions, SegDecoder, run_options
 from pali_cli.presets_cmd import download_command, presets_app
-
-EXIT_CODES = (
-    "[bold]Exit codes:[/bold] 0 ok, 1 runtime failure, 2 usage error, 3 some images failed (see their "
-    "error records), 4 model unavailable (download, login, offline), 5 no input matched, 130 "
-    "interrupted (rerun the same command to resume)."
-)
+from pali_cli.typer_classes import EXIT_CODES, PaliCommand, PaliGroup, examples
 
 EPILOG = f"""[bold]Examples:[/bold]
 
@@ -42,42 +36,8 @@ EPILOG = f"""[bold]Examples:[/bold]
 
 {EXIT_CODES}
 
-[bold]Environment:[/bold] PALI_PRESET, PALI_DEVICE, PALI_QUANTIZE, PALI_CPU, PALI_CACHE_DIR, PALI_SEG_DECODER; \
-HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE for downloads; NO_COLOR; PALI_DEBUG=1 shows tracebacks."""
-
-
-class PaliGroup(TyperGroup):
-    """Turns errors into one stderr line and an exit code, for every subcommand (pali_cli.errors
-    holds the table of exit codes)."""
-
-    def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except PaliError as e:
-            _report(e)
-            raise typer.Exit(int(exit_code_for(e))) from None
-        except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt, BrokenPipeError):
-            raise  # click's own handling: usage errors (2), Ctrl-C (130), closed pipes
-        except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-            debug = bool(os.environ.get("PALI_DEBUG"))
-            if debug:
-                traceback.print_exc()
-            hint = "Please report it." if debug else "Set PALI_DEBUG=1 to see the traceback, and please report it."
-            _report(CliError(f"unexpected {type(e).__name__}: {e}", hint=hint))
-            raise typer.Exit(int(ExitCode.FAILURE)) from None
-
-
-def _report(error: PaliError) -> None:
-    from pali_cli.console import Reporter
-
-    reporter = Reporter()
-    message, hint = str(error), hint_for(error)
-    if isinstance(error, Interrupted):
-        reporter.console.print(f"pali: {message}", markup=False, highlight=False)
-        if hint:
-            reporter.console.print(hint, markup=False, highlight=False)
-    else:
-        reporter.error(message, hint)
+[bold]Environment:[/bold] PALI_PRESET, PALI_DEVICE, PALI_QUANTIZE, PALI_CPU, PALI_BF16_KERNEL, PALI_CACHE_DIR, \
+PALI_SEG_DECODER; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE for downloads; NO_COLOR; PALI_DEBUG=1 shows tracebacks."""
 
 
 def _version(value: bool) -> None:
@@ -105,7 +65,10 @@ app.add_typer(presets_app)
 @app.callback()
 def root(
     version: Annotated[
-        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit.")
+        bool,
+        typer.Option(
+            "--version", "-V", metavar="", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Run Google's PaliGemma vision-language models locally: caption, ask, OCR, detect, segment."""
@@ -116,26 +79,58 @@ def _finish(code: ExitCode) -> None:
         raise typer.Exit(int(code))
 
 
-def _run(job_factory: Any, images: list[str] | None, opts: RunOptions, usage: str) -> None:
+def _looks_like_an_image(text: str) -> bool:
+    """Whether a word on the command line names images: it exists, is a URL or ends like one."""
+    from pali_cli.inputs import image_extensions
+    from pali_cli.sources import is_remote_name
+
+    return is_remote_name(text) or os.path.exists(text) or Path(text).suffix.lower() in image_extensions()
+
+
+def _check_order(images: list[str] | None, trailing: str | None, what: str, usage: str, opts: RunOptions) -> None:
+    """``pali ask IMG`` (click gives the one word to the trailing argument) and ``pali ask "question"
+    img.png`` (swapped): say what is missing, or that the images come first."""
     if not images and not opts.files_from:
-        # With one word only, click gives it to the trailing argument (QUESTION, OBJECTS...).
+        if trailing and _looks_like_an_image(trailing):
+            raise UsageProblem(f"{what} is missing; usage: {usage}")
         raise UsageProblem(f"no images given; usage: {usage}")
+    if trailing and images and _looks_like_an_image(trailing) and not any(map(_looks_like_an_image, images)):
+        raise UsageProblem(
+            f"{trailing!r} looks like an image and {images[-1]!r} like {what}: the images come first; usage: {usage}"
+        )
+
+
+def _run(job_factory: Any, images: list[str] | None, opts: RunOptions) -> None:
     # Imported here: the runner pulls in rich's progress machinery and, later, the engine.
     from pali_cli.runner import run_command
 
     _finish(run_command(job_factory(), images, opts))
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(
+    cls=PaliCommand,
+    epilog=examples(
+        "pali caption photo.jpg",
+        'pali caption "photos/**/*.jpg" -o captions.jsonl   [dim]# rerun to resume[/dim]',
+        "curl -s https://example.com/cat.jpg | pali caption -",
+    ),
+)
 @run_options
 def caption(images: Images = None, lang: Lang = "en", *, opts: RunOptions) -> None:
     """Caption images ("caption en")."""
     from pali_cli.jobs import caption_job
 
-    _run(lambda: caption_job(lang), images, opts, "pali caption IMAGES...")
+    _check_order(images, None, "", "pali caption IMAGES...", opts)
+    _run(lambda: caption_job(lang), images, opts)
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(
+    cls=PaliCommand,
+    epilog=examples(
+        'pali ask photo.jpg "how many dogs are there?"',
+        'pali ask "shelves/*.jpg" "is the shelf empty?" -o answers.jsonl',
+    ),
+)
 @run_options
 def ask(
     images: Images = None,
@@ -149,10 +144,17 @@ def ask(
     """Answer a question about each image ("answer en QUESTION")."""
     from pali_cli.jobs import answer_job
 
-    _run(lambda: answer_job(question, lang), images, opts, 'pali ask IMAGES... "QUESTION"')
+    _check_order(images, question, "the question", 'pali ask IMAGES... "QUESTION"', opts)
+    _run(lambda: answer_job(question, lang), images, opts)
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(
+    cls=PaliCommand,
+    epilog=examples(
+        'pali detect street.jpg "car ; bicycle"',
+        'pali detect "street/*.jpg" car --draw drawn/ -o cars.jsonl',
+    ),
+)
 @run_options
 def detect(
     images: Images = None,
@@ -167,10 +169,17 @@ def detect(
     """Find objects; prints label and box (x_min y_min x_max y_max, in pixels) per line."""
     from pali_cli.jobs import detect_job
 
-    _run(lambda: detect_job(objects, draw), images, opts, 'pali detect IMAGES... "OBJECT ; OBJECT"')
+    _check_order(images, objects, "what to find", 'pali detect IMAGES... "OBJECT ; OBJECT"', opts)
+    _run(lambda: detect_job(objects, draw), images, opts)
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(
+    cls=PaliCommand,
+    epilog=examples(
+        'pali segment photo.jpg "cat ; dog" --masks-dir masks/',
+        'pali segment "photos/*.jpg" person -o people.jsonl --draw drawn/',
+    ),
+)
 @run_options
 def segment(
     images: Images = None,
@@ -187,24 +196,27 @@ def segment(
     """Segment objects; prints label, box (x_min y_min x_max y_max, in pixels) and mask area per line."""
     from pali_cli.jobs import segment_job
 
-    _run(
-        lambda: segment_job(objects, seg_decoder, masks_dir, draw),
-        images,
-        opts,
-        'pali segment IMAGES... "OBJECT ; OBJECT"',
-    )
+    _check_order(images, objects, "what to segment", 'pali segment IMAGES... "OBJECT ; OBJECT"', opts)
+    _run(lambda: segment_job(objects, seg_decoder, masks_dir, draw), images, opts)
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(cls=PaliCommand, epilog=examples("pali ocr scan.png", 'pali ocr "scans/*.png" -o text.jsonl'))
 @run_options
 def ocr(images: Images = None, *, opts: RunOptions) -> None:
     """Read the text in images ("ocr")."""
     from pali_cli.jobs import ocr_job
 
-    _run(ocr_job, images, opts, "pali ocr IMAGES...")
+    _check_order(images, None, "", "pali ocr IMAGES...", opts)
+    _run(ocr_job, images, opts)
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(
+    cls=PaliCommand,
+    epilog=examples(
+        'pali prompt photo.jpg "describe en"',
+        'pali prompt photo.jpg "detect cat ; dog"   [dim]# boxes parsed as by pali detect[/dim]',
+    ),
+)
 @run_options
 def prompt(
     images: Images = None,
@@ -214,21 +226,30 @@ def prompt(
             metavar="PROMPT", help='A raw PaliGemma prompt, e.g. "describe en" or "segment cat".', show_default=False
         ),
     ] = "",
+    seg_decoder: SegDecoder = None,
     *,
     opts: RunOptions,
 ) -> None:
     """Send a raw prompt (any task the model knows)."""
     from pali_cli.jobs import raw_job
 
-    _run(lambda: raw_job(text), images, opts, 'pali prompt IMAGES... "PROMPT"')
+    _check_order(images, text, "the prompt", 'pali prompt IMAGES... "PROMPT"', opts)
+    _run(lambda: raw_job(text, seg_decoder), images, opts)
 
 
-app.command("download", hidden=True, help="Same as 'pali presets download'.")(download_command)
+app.command("download", cls=PaliCommand, hidden=True, help="Same as 'pali presets download'.")(download_command)
 
 
-@app.command("completion")
+@app.command(
+    "completion",
+    cls=PaliCommand,
+    epilog=examples(
+        "pali completion bash > ~/.local/share/bash-completion/completions/pali",
+        "pali completion fish > ~/.config/fish/completions/pali.fish",
+    ),
+)
 def completion(
-    shell: Annotated[str, typer.Argument(metavar="SHELL", help="bash, zsh or fish.")],
+    shell: Annotated[str, typer.Argument(metavar="bash|zsh|fish", help="The shell to complete in.")],
 ) -> None:
     """Print the shell completion script (see the README to install it)."""
     from pali_cli.completions import SHELLS, render

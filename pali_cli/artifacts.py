@@ -33,6 +33,7 @@ import numpy as np
 from pali_cli.errors import UsageProblem
 from pali_cli.records import Record, image_key
 from pali_cli.sidecar import atomic_write_bytes
+from pali_cli.sources import Source, as_source, escape_surrogates
 
 SOURCE_KEY = "pali:source"  # PNG text chunk: the absolute path of the input
 
@@ -77,15 +78,15 @@ class ImageOutputs:
     # must not be listed again for every image).
     _existing_masks: dict[str, list[Path]] | None = field(default=None, init=False, repr=False)
 
-    def drawing_path(self, image: Path) -> Path:
+    def drawing_path(self, image: Source) -> Path:
         assert self.draw_dir is not None
         return self.draw_dir / f"{image.stem}.{self.task}.png"
 
-    def mask_path(self, image: Path, index: int) -> Path:
+    def mask_path(self, image: Source, index: int) -> Path:
         assert self.masks_dir is not None
         return self.masks_dir / f"{image.stem}.mask{index}.png"
 
-    def _masks_of(self, image: Path) -> list[Path]:
+    def _masks_of(self, image: Source) -> list[Path]:
         """Mask files of ``image``'s name that were in masks_dir when the run started."""
         if self._existing_masks is None:
             self._existing_masks = {}
@@ -97,13 +98,13 @@ class ImageOutputs:
 
     # -------------------------------------------------------------- checks before the model loads
 
-    def check_names(self, images: Iterable[Path]) -> None:
+    def check_names(self, images: Iterable[Source]) -> None:
         """Refuses inputs whose outputs would collide with each other or be an input."""
         images = list(images)
         for flag, folder in (("--draw", self.draw_dir), ("--masks-dir", self.masks_dir)):
             if folder is not None and folder.exists() and not folder.is_dir():
                 raise UsageProblem(f"{flag} {folder} is a file; give a directory (it is created if missing)")
-        owner: dict[str, Path] = {}
+        owner: dict[str, Source] = {}
         for image in images:
             key = os.path.normcase(image.stem)
             if key in owner:
@@ -120,14 +121,14 @@ class ImageOutputs:
                         f"{target} is one of the input images and would be overwritten; choose another output directory"
                     )
 
-    def _targets_named(self, image: Path) -> list[Path]:
+    def _targets_named(self, image: Source) -> list[Path]:
         targets = [self.drawing_path(image)] if self.draw_dir else []
         return targets + self._masks_of(image)
 
     def _what(self) -> str:
         return " and ".join(w for w, d in (("--draw", self.draw_dir), ("--masks-dir", self.masks_dir)) if d)
 
-    def check_existing(self, images: Iterable[Path]) -> None:
+    def check_existing(self, images: Iterable[Source]) -> None:
         """Refuses to run if an output of an image to do exists and pali did not write it for that image."""
         for image in images:
             for target in self._targets_named(image):
@@ -141,7 +142,7 @@ class ImageOutputs:
 
     def write(self, record: Record) -> None:
         """Writes the files of one successful record; raises OSError or ValueError if it cannot."""
-        image = Path(record.image)
+        image = as_source(record.image)
         objects = _objects(record)
         if self.masks_dir is not None:
             self.masks_dir.mkdir(parents=True, exist_ok=True)
@@ -152,11 +153,12 @@ class ImageOutputs:
                 if mask is not None:
                     _save_png(_mask_image(mask), self.mask_path(image, index), image, label)
         if self.draw_dir is not None:
-            from engine.processing.image import load_image
+            from pali_cli.batches import decode
             from pali_cli.draw import Drawn, draw_objects
 
             self.draw_dir.mkdir(parents=True, exist_ok=True)
-            picture = draw_objects(load_image(image), [Drawn(label, box, mask) for label, box, mask in objects])
+            # Read again: the loader kept only the model-sized copy (a URL is downloaded again).
+            picture = draw_objects(decode(image), [Drawn(label, box, mask) for label, box, mask in objects])
             _save_png(picture, self.drawing_path(image), image)
 
 
@@ -175,11 +177,15 @@ def _mask_image(mask: np.ndarray) -> Any:
     return Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))  # mode L: 0 outside, 255 inside
 
 
-def _save_png(picture: Any, target: Path, source: Path, label: str | None = None) -> None:
+def _source_key(image: Source) -> str:
+    return escape_surrogates(image_key(image))  # a PNG text chunk must be valid Unicode
+
+
+def _save_png(picture: Any, target: Path, source: Source, label: str | None = None) -> None:
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
-    info.add_itxt(SOURCE_KEY, image_key(source))
+    info.add_itxt(SOURCE_KEY, _source_key(source))
     if label is not None:
         info.add_itxt("pali:label", label)
     buffer = io.BytesIO()
@@ -187,12 +193,12 @@ def _save_png(picture: Any, target: Path, source: Path, label: str | None = None
     atomic_write_bytes(target, buffer.getvalue())
 
 
-def _made_for(path: Path, image: Path) -> bool:
+def _made_for(path: Path, image: Source) -> bool:
     """Whether ``path`` is a PNG pali wrote from ``image``."""
     from PIL import Image
 
     try:
         with Image.open(path) as picture:
-            return getattr(picture, "text", {}).get(SOURCE_KEY) == image_key(image)
+            return getattr(picture, "text", {}).get(SOURCE_KEY) == _source_key(image)
     except Exception:  # noqa: BLE001 - unreadable or not an image: certainly not ours
         return False

@@ -120,15 +120,20 @@ def preset_names() -> list[str]:
 # ----------------------------------------------------------------------------- bash
 
 
+_LINES = "local IFS=$'\\n'"
+
+
 def _bash_values(values: str | list[str]) -> str:
     if isinstance(values, list):
         return f'COMPREPLY=($(compgen -W "{" ".join(values)}" -- "$cur"))'
+    # File names are split on newlines only (IFS), so "my photo.jpg" stays one word; word lists
+    # (-W) keep the default IFS, which splits them on spaces.
     return {
-        FILES: 'compopt -o filenames; COMPREPLY=($(compgen -f -- "$cur"))',
-        DIRS: 'compopt -o filenames; COMPREPLY=($(compgen -d -- "$cur"))',
+        FILES: f'compopt -o filenames; {_LINES}; COMPREPLY=($(compgen -f -- "$cur"))',
+        DIRS: f'compopt -o filenames; {_LINES}; COMPREPLY=($(compgen -d -- "$cur"))',
         PRESETS: 'COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur"))',
         PRESETS_OR_DIRS: "compopt -o filenames; "
-        'COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur") $(compgen -d -- "$cur"))',
+        f'COMPREPLY=($(compgen -W "$_pali_presets" -- "$cur")); {_LINES}; COMPREPLY+=($(compgen -d -- "$cur"))',
         FREE: "compopt +o default +o bashdefault; COMPREPLY=()",  # free text: no file names
     }[values]
 

@@ -8,8 +8,10 @@ silences everything here except fatal errors.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -82,27 +84,75 @@ class Reporter:
             self.console.print(Text(message))
 
     @contextmanager
+    def python_warnings(self) -> Iterator[None]:
+        """Python warnings (from the engine or a library) as one ``pali: warning:`` line each, with no
+        source line; none at all with ``quiet``."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if self.quiet else "default")
+
+            def show(
+                message: Warning | str,
+                category: type[Warning],
+                filename: str,
+                lineno: int,
+                file: Any = None,
+                line: str | None = None,
+            ) -> None:
+                self.warn(" ".join(str(message).split()))
+
+            warnings.showwarning = show
+            yield
+
+    @contextmanager
     def progress(self, description: str, total: int, stdout_busy: bool = False) -> Iterator[ProgressHandle]:
         """A progress bar on stderr when it is a terminal. ``stdout_busy``: results are being printed
         to a terminal on stdout, where they already show progress and a bar would garble them."""
         if self.quiet or not self.console.is_terminal or stdout_busy or total <= 1:
             yield ProgressHandle(None, description, total)
             return
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            RateColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-        )
         # transient: the finished bar gives way to the one-line summary. No stdout redirection:
         # rich would otherwise send results printed on stdout to the console, i.e. to stderr.
         with Progress(
-            *columns, console=self.console, transient=True, redirect_stdout=False, redirect_stderr=False
+            *progress_columns(self.console),
+            console=self.console,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
         ) as progress:
             yield ProgressHandle(progress, description, total)
+
+
+class PlainBar(ProgressColumn):
+    """The bar without colour (NO_COLOR, or a terminal without colours): rich tells done from to-do
+    by colour alone, so without it the bar would be one blank line; here to-do is a thinner line."""
+
+    def __init__(self, bar_width: int | None = 40) -> None:
+        super().__init__()
+        self.bar_width = bar_width
+
+    def render(self, task: Task) -> Text:
+        width = self.bar_width or 20
+        done = 0 if not task.total else min(width, int(width * task.completed / task.total))
+        return Text("━" * done + "─" * (width - done))
+
+
+def progress_columns(console: Console) -> tuple[ProgressColumn, ...]:
+    """The bar's columns for this terminal: fewer on a narrow one, so that the line never wraps."""
+    plain = console.no_color or console.color_system is None
+    bar = (PlainBar if plain else BarColumn)(bar_width=None if console.width >= 100 else 20)
+    if console.width < 60:
+        return (TextColumn("{task.description}"), MofNCompleteColumn(), TimeRemainingColumn())
+    if console.width < 100:
+        return (TextColumn("{task.description}"), bar, MofNCompleteColumn(), TextColumn("eta"), TimeRemainingColumn())
+    return (
+        TextColumn("{task.description}"),
+        bar,
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
 
 
 class Stopwatch:

@@ -26,10 +26,11 @@ class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1  # runtime failure: the model or the output could not be used
     USAGE = 2  # bad command line (click's own usage errors use 2 as well)
-    ITEMS_FAILED = 3  # the run finished but one or more images have an error record
+    ITEMS_FAILED = 3  # the run finished but images have an error record, or inputs were left out
     MODEL_UNAVAILABLE = 4  # the model could not be downloaded or found (auth, offline, 404)
     NO_INPUT = 5  # no image matched the given paths, directories or patterns
-    INTERRUPTED = 130  # Ctrl-C; finished records are kept
+    HANGUP = 129  # SIGHUP (128 + 1: the terminal closed); finished records are kept
+    INTERRUPTED = 130  # Ctrl-C (SIGINT, 128 + 2); finished records are kept
     TERMINATED = 143  # SIGTERM (128 + 15); finished records are kept
 
 
@@ -58,10 +59,15 @@ class Terminated(Interrupted):
     """SIGTERM stopped the run; finished records are kept."""
 
 
+class Hangup(Interrupted):
+    """SIGHUP (the terminal went away) stopped the run; finished records are kept."""
+
+
 # Every error kind -> its exit code. First match wins, so more specific kinds come first; an
 # error outside the table (a bug) exits with FAILURE too, with a traceback hint (app.PaliGroup).
 EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (Terminated, ExitCode.TERMINATED),
+    (Hangup, ExitCode.HANGUP),
     (Interrupted, ExitCode.INTERRUPTED),
     (NoInput, ExitCode.NO_INPUT),
     (UsageProblem, ExitCode.USAGE),

@@ -1,28 +1,33 @@
-"""Turns what the user typed (files, directories, quoted globs, a list file) into image paths.
+"""Turns what the user typed (files, directories, quoted globs, a list file) into images to read.
 
 Rules, in the order they apply to each argument:
-1. An existing file is taken as is, whatever its extension (the user named it).
+0. ``-`` is an image read from stdin and ``http(s)://...`` one downloaded (pali_cli.sources).
+1. An existing file is taken as is, whatever its extension (the user named it); so is anything
+   else that exists and is not a directory (a FIFO, a link loop), so that its record says what it is.
 2. An existing directory yields the image files inside it (``recursive``: and below it), skipping
    hidden files and directories such as ``.thumbnails`` or macOS ``._photo.jpg`` shadows.
 3. Anything else with ``*``, ``?``, ``[`` or ``{a,b}`` is a glob expanded here (quoted globs reach
-   us unexpanded; ``**`` spans directories). Only image files are kept, and extensions match
-   case-insensitively: ``*.jpg`` finds ``IMG_1.JPG``.
+   us unexpanded; ``**`` spans directories, never following a directory cycle). Only image files
+   are kept, and extensions match case-insensitively: ``*.jpg`` finds ``IMG_1.JPG``.
 4. Anything else is a missing file. It is kept, so it becomes an error record naming it, unless
    nothing at all was found (then the caller exits with "no input matched").
 
 Files found through directories and globs are sorted naturally (``img2`` before ``img10``); the
-same file reached twice is kept once, where it first appeared.
+same file reached twice (also through a symbolic link) is kept once, where it first appeared.
+Directories that cannot be read are listed in ``Expansion.skipped`` (the caller warns and exits 3).
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+
+from pali_cli.globbing import walk_glob
+from pali_cli.sources import Remote, Source, as_source, is_remote_name, resolved
 
 # Formats PIL reads out of the box; HEIC and AVIF are added when a plugin (or PIL itself) reads them.
 BASE_EXTENSIONS = frozenset(
@@ -60,9 +65,10 @@ def _pil_reads_avif() -> bool:
 class Expansion:
     """The images to process and what did not match."""
 
-    paths: list[Path] = field(default_factory=list)
+    paths: list[Source] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # named files that do not exist
     empty: list[str] = field(default_factory=list)  # directories/globs that matched no image
+    skipped: list[str] = field(default_factory=list)  # "DIR (why)": directories that could not be read
 
     @property
     def found(self) -> int:
@@ -106,63 +112,90 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _images_in_dir(directory: Path, recursive: bool, exts: frozenset[str]) -> list[Path]:
+def _why(error: OSError, name: str | None = None) -> str:
+    reason = (error.strerror or str(error)).strip()
+    return f"{name or error.filename} ({reason[:1].lower()}{reason[1:]})"
+
+
+def _not_a_directory(entry: os.DirEntry[str]) -> bool:
+    try:
+        return not entry.is_dir()
+    except OSError:  # a link loop: an entry to report, not a directory
+        return True
+
+
+def _images_in_dir(directory: Path, recursive: bool, exts: frozenset[str], skipped: list[str]) -> list[Path]:
     found: list[Path] = []
     if recursive:
-        for root, dirs, files in os.walk(directory):
+        for root, dirs, files in os.walk(directory, onerror=lambda e: skipped.append(_why(e))):
             dirs[:] = [d for d in dirs if not _is_hidden(d)]  # prunes the walk too
             found.extend(Path(root, f) for f in files if not _is_hidden(f) and Path(f).suffix.lower() in exts)
     else:
-        with os.scandir(directory) as entries:
-            found = [
-                Path(directory, e.name)
-                for e in entries
-                if not _is_hidden(e.name) and Path(e.name).suffix.lower() in exts and e.is_file()
-            ]
+        try:
+            with os.scandir(directory) as entries:
+                found = [
+                    Path(directory, e.name)
+                    for e in entries
+                    if not _is_hidden(e.name) and Path(e.name).suffix.lower() in exts and _not_a_directory(e)
+                ]
+        except OSError as e:
+            skipped.append(_why(e, str(directory)))
     return sorted(found, key=natural_key)
 
 
-def _glob(pattern: str, exts: frozenset[str]) -> list[Path]:
-    hits: set[str] = set()
+def _glob(pattern: str, exts: frozenset[str], skipped: list[str]) -> list[Path]:
+    hits: dict[str, Path] = {}
     for p in expand_braces(os.path.expanduser(pattern)):
-        hits.update(glob.glob(case_insensitive_suffix(p), recursive=True))
-    paths = [Path(h) for h in hits]
-    return sorted((p for p in paths if p.suffix.lower() in exts and p.is_file()), key=natural_key)
+        for hit in walk_glob(case_insensitive_suffix(p), lambda e: skipped.append(_why(e))):
+            path = Path(hit)
+            if path.suffix.lower() in exts and not path.is_dir():
+                hits.setdefault(resolved(hit), path)
+    return sorted(hits.values(), key=natural_key)
+
+
+class _Adder:
+    """Adds sources to an expansion once each, by the file they name."""
+
+    def __init__(self, result: Expansion) -> None:
+        self.result = result
+        self.seen: set[str] = set()
+
+    def __call__(self, source: Source) -> bool:
+        key = resolved(str(source))
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        self.result.paths.append(source)
+        return True
 
 
 def expand_inputs(args: Iterable[str], recursive: bool = False) -> Expansion:
     """Expands command-line image arguments (see the module docstring)."""
     exts = image_extensions()
     result = Expansion()
-    seen: set[str] = set()
-
-    def add(path: Path) -> None:
-        key = os.path.normcase(os.path.abspath(path))
-        if key not in seen:
-            seen.add(key)
-            result.paths.append(path)
-
+    add = _Adder(result)
     for arg in args:
+        if is_remote_name(arg):
+            add(Remote(arg))
+            continue
         path = Path(os.path.expanduser(arg))
-        if path.is_file():
-            add(path)
-        elif path.is_dir():
-            images = _images_in_dir(path, recursive, exts)
-            if not images:
+        if path.is_dir():
+            unreadable = len(result.skipped)
+            images = _images_in_dir(path, recursive, exts, result.skipped)
+            if not images and len(result.skipped) == unreadable:
                 result.empty.append(arg)
             for image in images:
                 add(image)
+        elif os.path.lexists(path):
+            add(path)
         elif is_pattern(arg):
-            images = _glob(arg, exts)
+            images = _glob(arg, exts, result.skipped)
             if not images:
                 result.empty.append(arg)
             for image in images:
                 add(image)
-        else:
-            before = len(result.paths)
-            add(path)
-            if len(result.paths) > before:
-                result.missing.append(arg)
+        elif add(path):
+            result.missing.append(arg)
     return result
 
 
@@ -177,28 +210,22 @@ def read_list_file(source: str, stdin_text: str | None = None) -> list[str]:
 
 
 def expand_listed(lines: Sequence[str]) -> Expansion:
-    """Expansion of literal paths (``--files-from``): directories are not descended into."""
+    """Expansion of literal paths (``--files-from``; URLs too): directories are not descended into."""
     result = Expansion()
-    seen: set[str] = set()
+    add = _Adder(result)
     for line in lines:
-        path = Path(line)
-        key = os.path.normcase(os.path.abspath(path))
-        if key in seen:
-            continue
-        seen.add(key)
-        result.paths.append(path)
-        if not path.is_file():
+        source = as_source(line)
+        if add(source) and isinstance(source, Path) and not os.path.lexists(source):
             result.missing.append(line)
     return result
 
 
 def merge(first: Expansion, second: Expansion) -> Expansion:
     """Concatenates two expansions, dropping repeats of the same file."""
-    out = Expansion(missing=first.missing + second.missing, empty=first.empty + second.empty)
-    seen: set[str] = set()
-    for path in first.paths + second.paths:
-        key = os.path.normcase(os.path.abspath(path))
-        if key not in seen:
-            seen.add(key)
-            out.paths.append(path)
+    out = Expansion(
+        missing=first.missing + second.missing, empty=first.empty + second.empty, skipped=first.skipped + second.skipped
+    )
+    add = _Adder(out)
+    for source in first.paths + second.paths:
+        add(source)
     return out

@@ -51,6 +51,15 @@ class Job:
         """The prompt as recorded (and keyed): without the separator."""
         return self.prompt.rstrip("\n")
 
+    @property
+    def plain_text(self) -> bool:
+        """Whether the answer is shown as the model writes it (so it can be shown as it comes)."""
+        return self.render is _plain
+
+    def nothing_found(self, record: Record) -> bool:
+        """A detection or segmentation that found no object: plain text shows no line for it."""
+        return not self.plain_text and record.ok and self.render(record) is None
+
 
 def caption_job(lang: str) -> Job:
     from engine.processing.tasks import caption_prompt
@@ -70,9 +79,11 @@ def ocr_job() -> Job:
     return Job("ocr", ocr_prompt(), max_tokens=256)
 
 
-def raw_job(prompt: str) -> Job:
+def raw_job(prompt: str, seg_decoder: Path | None = None) -> Job:
     """A prompt typed by the user. ``"caption en\\n"`` typed in a shell arrives with a literal
-    backslash-n; that and a real trailing newline are both read as the separator."""
+    backslash-n; that and a real trailing newline are both read as the separator. A detection or
+    segmentation prompt (``detect cat``, ``segment cat``) gets its answer parsed as those commands
+    do (boxes, masks); the record's task stays "prompt"."""
     text = prompt.strip()
     if text.endswith("\\n"):
         text = text[:-2].rstrip()
@@ -81,6 +92,13 @@ def raw_job(prompt: str) -> Job:
     if "\n" in text:
         raise UsageProblem(
             "the prompt has a line break inside; PaliGemma prompts are one line (the newline ends the prompt)"
+        )
+    task = text.split(maxsplit=1)[0].lower()
+    if task == "detect":
+        return Job("prompt", text + "\n", max_tokens=256, extras=_detection_extras, render=_render_detections)
+    if task == "segment":
+        return Job(
+            "prompt", text + "\n", max_tokens=256, render=_render_segments, prepare=_with_mask_decoder(seg_decoder)
         )
     return Job("prompt", text + "\n")
 

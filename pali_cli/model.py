@@ -9,18 +9,30 @@ from typing import Any
 
 from engine import PaliError
 from pali_cli.console import Reporter, Stopwatch, format_duration
-from pali_cli.errors import CliError
+from pali_cli.errors import CliError, UsageProblem
 from pali_cli.options import RunOptions
 
 
-def canonical_preset(spec: str | None) -> str:
+def canonical_preset(spec: str | None, env_var: str | None = None) -> str:
     """The model as recorded and keyed: a preset name or alias becomes the canonical name, a
     checkpoint directory its absolute path, ``hf://owner/repo[@rev]`` stays as written. An unknown
-    name is a usage error, found before any model is loaded."""
-    from engine.checkpoints.hub import parse_spec
+    name or a local path that is no checkpoint directory is a usage error, found before any model
+    is loaded; ``env_var`` names the variable the spec came from, for the message."""
+    from engine import InputError
+    from engine.checkpoints.hub import check_local_dir, parse_spec
     from engine.checkpoints.presets import DEFAULT_PRESET
 
-    return parse_spec((spec or "").strip() or DEFAULT_PRESET).label
+    try:
+        parsed = parse_spec((spec or "").strip() or DEFAULT_PRESET)
+        if parsed.local is not None and parsed.preset is None:
+            check_local_dir(parsed)
+    except InputError as e:
+        if env_var is None:
+            raise
+        raise UsageProblem(
+            f"{env_var}={spec}: {e}", hint=f"Unset {env_var}, or set it to a name from `pali presets list`."
+        ) from None
+    return parsed.label
 
 
 def load_model(preset: str, opts: RunOptions, reporter: Reporter) -> Any:

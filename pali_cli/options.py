@@ -12,13 +12,14 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from engine.checkpoints.presets import DEFAULT_PRESET
 from engine.sampler_config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, SamplerConfig
 from pali_cli.errors import UsageProblem
 from pali_cli.sidecar import OnExisting
@@ -61,10 +62,12 @@ Images = Annotated[
     typer.Argument(
         metavar="IMAGES",
         show_default=False,
-        help='Image files, directories and quoted globs such as "photos/**/*.jpg".',
+        help='Image files, directories, quoted globs such as "photos/**/*.jpg", http(s) URLs, or - for stdin.',
     ),
 ]
-Lang = Annotated[str, typer.Option("--lang", "-l", help="Language code of the output, e.g. en, fr, de, zh.")]
+Lang = Annotated[
+    str, typer.Option("--lang", "-l", metavar="CODE", help="Language code of the output, e.g. en, fr, de, zh.")
+]
 
 # Options of some commands only (detect, segment).
 Draw = Annotated[
@@ -101,7 +104,8 @@ SegDecoder = Annotated[
 ]
 
 Recursive = Annotated[
-    bool, typer.Option("--recursive", "-r", help="Also take images in subdirectories.", rich_help_panel=INPUT)
+    bool,
+    typer.Option("--recursive", "-r", metavar="", help="Also take images in subdirectories.", rich_help_panel=INPUT),
 ]
 FilesFrom = Annotated[
     str | None,
@@ -119,27 +123,46 @@ Output = Annotated[
         "-o",
         metavar="FILE",
         dir_okay=False,
-        help="Append JSONL records to FILE. Rerunning the same command resumes: images already in FILE are skipped.",
+        help="Append JSONL records to FILE ('-': stdout). Rerunning the same command resumes: images already in "
+        "FILE are skipped.",
         rich_help_panel=OUTPUT,
     ),
 ]
 Json = Annotated[
-    bool, typer.Option("--json", help="Print JSON records on stdout, even for one image.", rich_help_panel=OUTPUT)
+    bool,
+    typer.Option(
+        "--json", metavar="", help="Print JSON records on stdout, even for one image.", rich_help_panel=OUTPUT
+    ),
 ]
 Overwrite = Annotated[
-    bool, typer.Option("--overwrite", help="Empty the --output file first instead of resuming.", rich_help_panel=OUTPUT)
+    bool,
+    typer.Option(
+        "--overwrite", metavar="", help="Empty the --output file first instead of resuming.", rich_help_panel=OUTPUT
+    ),
 ]
 RetryFailed = Annotated[
     bool,
-    typer.Option("--retry-failed", help="Redo images whose record in --output is an error.", rich_help_panel=OUTPUT),
+    typer.Option(
+        "--retry-failed", metavar="", help="Redo images whose record in --output is an error.", rich_help_panel=OUTPUT
+    ),
 ]
 Quiet = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress, warnings or timing on stderr.", rich_help_panel=OUTPUT)
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        metavar="",
+        help="Nothing on stderr but errors: no progress, warnings or timing.",
+        rich_help_panel=OUTPUT,
+    ),
 ]
 Sidecar = Annotated[
     bool,
     typer.Option(
-        "--sidecar", help="Write the text to a file next to each image (a.jpg -> a.txt).", rich_help_panel=SIDECAR
+        "--sidecar",
+        metavar="",
+        help="Write the text to a file next to each image (a.jpg -> a.txt).",
+        rich_help_panel=SIDECAR,
     ),
 ]
 SidecarExt = Annotated[
@@ -150,6 +173,7 @@ OnExistingOpt = Annotated[
     OnExisting | None,
     typer.Option(
         "--on-existing",
+        metavar="skip|overwrite|append",
         case_sensitive=False,
         help="When a sidecar exists: skip the image, overwrite or append.  \\[default: skip]",
         rich_help_panel=SIDECAR,
@@ -171,7 +195,7 @@ Preset = Annotated[
         metavar="NAME|DIR",
         envvar="PALI_PRESET",
         show_envvar=True,
-        help="Model preset (see 'pali presets list') or a local checkpoint directory.  \\[default: the default preset]",
+        help=f"Model preset (see 'pali presets list') or a local checkpoint directory.  \\[default: {DEFAULT_PRESET}]",
         rich_help_panel=MODEL,
     ),
 ]
@@ -191,6 +215,7 @@ DeviceOpt = Annotated[
     Device,
     typer.Option(
         "--device",
+        metavar="auto|cpu|cuda|mps",
         envvar="PALI_DEVICE",
         show_envvar=True,
         case_sensitive=False,
@@ -202,6 +227,7 @@ DTypeOpt = Annotated[
     DType,
     typer.Option(
         "--dtype",
+        metavar="auto|bfloat16|float16|float32",
         case_sensitive=False,
         help="Weight precision (auto: bfloat16 where fast, else float32).",
         rich_help_panel=MODEL,
@@ -211,6 +237,7 @@ QuantizeOpt = Annotated[
     Quantize,
     typer.Option(
         "--quantize",
+        metavar="none|int8",
         envvar="PALI_QUANTIZE",
         show_envvar=True,
         case_sensitive=False,
@@ -220,16 +247,16 @@ QuantizeOpt = Annotated[
     ),
 ]
 Threads = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for the model.", rich_help_panel=MODEL)
+    int | None, typer.Option("--threads", metavar="N", help="CPU threads for the model.", rich_help_panel=MODEL)
 ]
 BatchSize = Annotated[
-    int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.", rich_help_panel=MODEL)
+    int, typer.Option("--batch-size", "-b", metavar="N", help="Images per forward pass.", rich_help_panel=MODEL)
 ]
 MaxTokens = Annotated[
     int | None,
     typer.Option(
         "--max-tokens",
-        min=1,
+        metavar="N",
         help="Most tokens to generate per image.  \\[default: 128; 256 for ocr, detect and segment]",
         rich_help_panel=GENERATION,
     ),
@@ -238,6 +265,7 @@ SamplerOpt = Annotated[
     Sampler | None,
     typer.Option(
         "--sampler",
+        metavar="greedy|top-k|top-p|random",
         case_sensitive=False,
         help="Decoding: greedy, or sampling. Default: greedy, or the sampler the other options imply.",
         rich_help_panel=GENERATION,
@@ -248,6 +276,7 @@ Temperature = Annotated[
     float | None,
     typer.Option(
         "--temperature",
+        metavar="T",
         help=f"Sampling temperature (> 0).  \\[default: {DEFAULT_TEMPERATURE}]",
         rich_help_panel=GENERATION,
     ),
@@ -256,7 +285,7 @@ TopK = Annotated[
     int | None,
     typer.Option(
         "--top-k",
-        min=1,
+        metavar="K",
         help=f"Sample among the k likeliest tokens.  \\[default: {DEFAULT_TOP_K}]",
         rich_help_panel=GENERATION,
     ),
@@ -265,12 +294,15 @@ TopP = Annotated[
     float | None,
     typer.Option(
         "--top-p",
+        metavar="P",
         help="Sample from the smallest set of tokens with this total probability (0 < p <= 1)."
         f"  \\[default: {DEFAULT_TOP_P}]",
         rich_help_panel=GENERATION,
     ),
 ]
-Seed = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.", rich_help_panel=GENERATION)]
+Seed = Annotated[
+    int | None, typer.Option("--seed", metavar="N", help="Random seed for sampling.", rich_help_panel=GENERATION)
+]
 RayAddress = Annotated[
     str | None,
     typer.Option(
@@ -284,13 +316,17 @@ RayAddress = Annotated[
 Workers = Annotated[
     int | None,
     typer.Option(
-        "--workers", help="Ray workers, each with its own copy of the model.  \\[default: 1]", rich_help_panel=SCALE_OUT
+        "--workers",
+        metavar="N",
+        help="Ray workers, each with its own copy of the model.  \\[default: 1]",
+        rich_help_panel=SCALE_OUT,
     ),
 ]
 WorkerCpus = Annotated[
     float | None,
     typer.Option(
         "--worker-cpus",
+        metavar="N",
         help="CPUs reserved per Ray worker (fractions allowed); also its torch threads.  \\[default: 1]",
         rich_help_panel=SCALE_OUT,
     ),
@@ -299,6 +335,7 @@ WorkerGpus = Annotated[
     float | None,
     typer.Option(
         "--worker-gpus",
+        metavar="N",
         help="GPUs reserved per Ray worker (fractions allowed).  \\[default: 0]",
         rich_help_panel=SCALE_OUT,
     ),
@@ -338,9 +375,12 @@ class RunOptions:
     workers: Workers = None
     worker_cpus: WorkerCpus = None
     worker_gpus: WorkerGpus = None
+    # Not an option: the names of the options whose value came from an environment variable.
+    from_env: frozenset[str] = field(default=frozenset(), metadata={"option": False})
 
     def __post_init__(self) -> None:
         self._check_ray()
+        self._check_counts()
         if (self.overwrite or self.retry_failed) and self.output is None:
             flag = "--overwrite" if self.overwrite else "--retry-failed"
             raise UsageProblem(f"{flag} works on a results file; add -o FILE")
@@ -366,16 +406,52 @@ class RunOptions:
             )
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageProblem(f"--top-p must be in (0, 1], got {self.top_p:g}")
-        if self.sampler is Sampler.greedy:
-            given = [
-                flag
-                for flag, v in (("--temperature", self.temperature), ("--top-k", self.top_k), ("--top-p", self.top_p))
-                if v is not None
-            ]
-            if given:
-                raise UsageProblem(
-                    f"{', '.join(given)} only apply to sampling; drop them or pick --sampler top-k, top-p or random"
-                )
+        self._check_sampler()
+
+    def _check_counts(self) -> None:
+        for flag, value in (
+            ("--batch-size", self.batch_size),
+            ("--threads", self.threads),
+            ("--max-tokens", self.max_tokens),
+            ("--top-k", self.top_k),
+        ):
+            if value is not None and value < 1:
+                raise UsageProblem(f"{flag} must be at least 1, got {value}")
+
+    def _check_sampler(self) -> None:
+        """One rule: a sampling option the sampler in use does not read is an error, not ignored."""
+        given = [
+            flag
+            for flag, v in (("--temperature", self.temperature), ("--top-k", self.top_k), ("--top-p", self.top_p))
+            if v is not None
+        ]
+        name = self._sampler()
+        unused = [flag for flag in given if flag not in _READS[name]]
+        if not unused:
+            return
+        if name is Sampler.greedy:
+            raise UsageProblem(
+                f"{', '.join(unused)} only apply to sampling; drop them or pick --sampler top-k, top-p or random"
+            )
+        if self.sampler is None:  # implied by --top-p, with --top-k given too
+            raise UsageProblem("--top-k and --top-p pick different samplers; keep one, or pick one with --sampler")
+        verb = "is" if len(unused) == 1 else "are"
+        users = " or ".join(f"--sampler {s.value}" for s in Sampler if set(unused) <= _READS[s] and s is not name)
+        raise UsageProblem(
+            f"{', '.join(unused)} {verb} not used by --sampler {name.value}; drop it"
+            + (f", or use {users}" if users else "")
+        )
+
+    def _sampler(self) -> Sampler:
+        if self.sampler is not None:
+            return self.sampler
+        if self.top_p is not None:
+            return Sampler.top_p
+        if self.top_k is not None:
+            return Sampler.top_k
+        if self.temperature is not None:
+            return Sampler.random
+        return Sampler.greedy
 
     def _check_ray(self) -> None:
         if self.ray is None:
@@ -405,18 +481,8 @@ class RunOptions:
         wins; otherwise ``--top-p`` implies top-p, ``--top-k`` top-k and a lone ``--temperature``
         plain random sampling; with none of them, greedy. Options not given keep the engine's
         defaults."""
-        name = self.sampler
-        if name is None:
-            if self.top_p is not None:
-                name = Sampler.top_p
-            elif self.top_k is not None:
-                name = Sampler.top_k
-            elif self.temperature is not None:
-                name = Sampler.random
-            else:
-                name = Sampler.greedy
         return SamplerConfig(
-            name=name.value,
+            name=self._sampler().value,
             temperature=DEFAULT_TEMPERATURE if self.temperature is None else self.temperature,
             top_k=DEFAULT_TOP_K if self.top_k is None else self.top_k,
             top_p=DEFAULT_TOP_P if self.top_p is None else self.top_p,
@@ -424,23 +490,42 @@ class RunOptions:
         )
 
 
+# What each sampler reads (engine.sampler_config.SamplerConfig's docstring).
+_READS: dict[Sampler, set[str]] = {
+    Sampler.greedy: set(),
+    Sampler.top_k: {"--temperature", "--top-k"},
+    Sampler.top_p: {"--temperature", "--top-p"},
+    Sampler.random: {"--temperature"},
+}
+
+
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Adds the ``RunOptions`` options to a command; the command receives them as ``opts``."""
     signature = inspect.signature(func, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "opts"]
     hints = typing.get_type_hints(RunOptions, include_extras=True)
+    options = [f for f in fields(RunOptions) if f.metadata.get("option", True)]
     shared = [
         inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name], default=f.default)
-        for f in fields(RunOptions)
+        for f in options
     ]
-    names = [f.name for f in fields(RunOptions)]
+    context = inspect.Parameter("_pali_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+    names = [f.name for f in options]
 
     @functools.wraps(func)
     def command(**kwargs: Any) -> Any:
-        opts = RunOptions(**{name: kwargs.pop(name) for name in names})
+        ctx = kwargs.pop("_pali_ctx")
+        from_env = frozenset(name for name in names if _source(ctx, name) == "ENVIRONMENT")
+        opts = RunOptions(**{name: kwargs.pop(name) for name in names}, from_env=from_env)
         return func(**kwargs, opts=opts)
 
-    params = own + shared
+    params = [*own, *shared, context]
     command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     return command
+
+
+def _source(ctx: Any, name: str) -> str | None:
+    """Where click took an option's value from (COMMANDLINE, ENVIRONMENT, DEFAULT ...)."""
+    source = ctx.get_parameter_source(name) if hasattr(ctx, "get_parameter_source") else None
+    return getattr(source, "name", None)

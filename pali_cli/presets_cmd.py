@@ -14,11 +14,15 @@ from typing import Annotated, Any
 
 import typer
 
+from engine.checkpoints.presets import DEFAULT_PRESET
 from pali_cli.options import CacheDir, Quiet
+from pali_cli.typer_classes import HelpGroup, PaliCommand, examples
 
 presets_app = typer.Typer(
     name="presets",
+    cls=HelpGroup,
     help="List, download and remove model presets.",
+    epilog=examples("pali presets list", "pali presets download pali_gemma2_mix_3b_224", "pali presets path"),
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -29,7 +33,7 @@ Name = Annotated[
         metavar="NAME",
         envvar="PALI_PRESET",
         show_default=False,
-        help="Preset name or alias, or hf://owner/repo[@revision].  \\[default: the default preset]",
+        help=f"Preset name or alias, or hf://owner/repo[@revision].  \\[default: {DEFAULT_PRESET}]",
     ),
 ]
 RequiredName = Annotated[
@@ -38,8 +42,6 @@ RequiredName = Annotated[
 
 
 def _spec(name: str | None) -> str:
-    from engine.checkpoints.presets import DEFAULT_PRESET
-
     return (name or "").strip() or DEFAULT_PRESET
 
 
@@ -83,10 +85,14 @@ def preset_rows(cache_dir: Path | None) -> list[dict[str, Any]]:
 _FAMILY = {"paligemma": "PaliGemma", "paligemma2": "PaliGemma 2", "demo": "demo"}
 
 
-@presets_app.command("list")
+@presets_app.command(
+    "list", cls=PaliCommand, epilog=examples("pali presets list", "pali presets list --downloaded --json")
+)
 def list_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array instead of a table.")] = False,
-    downloaded: Annotated[bool, typer.Option("--downloaded", help="Only presets usable without a download.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print a JSON array instead of a table.")] = False,
+    downloaded: Annotated[
+        bool, typer.Option("--downloaded", metavar="", help="Only presets usable without a download.")
+    ] = False,
     cache_dir: CacheDir = None,
 ) -> None:
     """List presets: family, size, resolution, whether downloaded, size on disk."""
@@ -131,7 +137,13 @@ def list_command(
     console.print(table)
 
 
-@presets_app.command("download")
+@presets_app.command(
+    "download",
+    cls=PaliCommand,
+    epilog=examples(
+        "pali presets download pali_gemma2_mix_3b_224", "pali presets download hf://google/paligemma2-3b-pt-224"
+    ),
+)
 def download_command(name: Name = None, cache_dir: CacheDir = None, quiet: Quiet = False) -> None:
     """Download a preset (the default one without NAME) and print its directory."""
     from engine.checkpoints import hub
@@ -145,7 +157,11 @@ def download_command(name: Name = None, cache_dir: CacheDir = None, quiet: Quiet
     sys.stdout.write(f"{path}\n")
 
 
-@presets_app.command("rm")
+@presets_app.command(
+    "rm",
+    cls=PaliCommand,
+    epilog=examples("pali presets rm pali_gemma2_mix_3b_224", "pali presets rm hf://google/paligemma2-3b-pt-224"),
+)
 def rm_command(name: RequiredName, cache_dir: CacheDir = None, quiet: Quiet = False) -> None:
     """Delete a downloaded preset from pali's cache (the shared Hugging Face cache is left alone)."""
     from engine.checkpoints import hub
@@ -163,11 +179,13 @@ def rm_command(name: RequiredName, cache_dir: CacheDir = None, quiet: Quiet = Fa
         reporter.info(f"{name} is not downloaded; nothing to remove.")
 
 
-@presets_app.command("path")
+@presets_app.command(
+    "path", cls=PaliCommand, epilog=examples("pali presets path", "pali presets path pali-demo-shapes")
+)
 def path_command(
     name: Annotated[
         str | None,
-        typer.Argument(metavar="[NAME]", show_default=False, help="A preset; without it, the cache directory."),
+        typer.Argument(metavar="NAME", show_default=False, help="A preset; without it, the cache directory."),
     ] = None,
     cache_dir: CacheDir = None,
 ) -> None:

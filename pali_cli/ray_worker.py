@@ -7,8 +7,9 @@ work itself is ``pali_cli.batches`` (decoding, error records for broken images, 
 failing image from its neighbours), the same code as a local run.
 
 Rows travel as bytes (``os.fsencode``) so file names that are not UTF-8 reach the worker
-unchanged; records come back as JSON text (ASCII-escaped, so any name survives Arrow's UTF-8
-strings) and are rebuilt on the driver with ``record_from_json``.
+unchanged (http(s) URLs travel too; stdin does not); records come back as JSON text of their
+fields (ASCII-escaped, so any name survives Arrow's UTF-8 strings), rebuilt on the driver with
+``record_from_json`` and written there (where ``path`` is resolved, against the driver's directory).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from engine import PaliError
-from pali_cli.batches import BatchContext, ModelCalls, _load, process_batch
+from pali_cli.batches import BatchContext, Fit, ModelCalls, _load, fitter, process_batch
 from pali_cli.errors import CliError
 from pali_cli.jobs import Job
 from pali_cli.options import RunOptions
 from pali_cli.records import Record
+from pali_cli.sources import Remote, Source, as_source
 
 IMAGE, PATH, RECORD = "image", "path", "record"  # dataset columns
 
@@ -42,29 +44,28 @@ class WorkerSpec:
     max_tokens: int
 
 
-def rows_for(paths: Sequence[Path], cwd: Path) -> list[dict[str, bytes]]:
-    """Dataset rows: the path as typed (what the record names) and the path the worker opens.
+def rows_for(sources: Sequence[Source], cwd: Path) -> list[dict[str, bytes]]:
+    """Dataset rows: the input as typed (what the record names) and the path the worker opens.
     ``cwd / path`` rather than ``abspath``: no ``..`` is folded, so the error message of a file
-    that cannot be read can be given back its typed name exactly (see ``_load_as``)."""
-    return [{IMAGE: os.fsencode(p), PATH: os.fsencode(cwd / p)} for p in paths]
+    that cannot be read can be given back its typed name exactly (see ``_load_as``). A URL has no
+    path (each worker downloads it)."""
+    return [{IMAGE: os.fsencode(str(s)), PATH: b"" if isinstance(s, Remote) else os.fsencode(cwd / s)} for s in sources]
 
 
 def record_to_json(record: Record) -> str:
-    return json.dumps(record.to_dict())  # ensure_ascii: lone surrogates of odd names survive
+    """The record's fields as they are (not as written to a file: that is the driver's business,
+    ``path`` included), ASCII-escaped so that lone surrogates of odd names survive Arrow's strings."""
+    return json.dumps({f.name: getattr(record, f.name) for f in dataclasses.fields(Record)})
 
 
 def record_from_json(text: str) -> Record:
-    """Inverse of ``record_to_json``: the record fields by name, every other key an extra (so
-    ``to_dict`` gives back the same object whatever a job adds)."""
-    data = json.loads(text)
-    names = [f.name for f in dataclasses.fields(Record) if f.name != "extra"]
-    known = {name: data.pop(name) for name in names if name in data}
-    return Record(**known, extra=data)
+    """Inverse of ``record_to_json``."""
+    return Record(**json.loads(text))
 
 
-def _load_as(typed: Path, actual: Path) -> Any:
+def _load_as(typed: Source, actual: Source, fit: Fit | None) -> Any:
     """Decodes ``actual``; a failure names the file as the user typed it, as a local run does."""
-    loaded = _load(actual)
+    loaded = _load(actual, fit)
     if isinstance(loaded, Exception) and typed != actual:
         loaded = type(loaded)(str(loaded).replace(str(actual), str(typed)))
     return loaded
@@ -132,11 +133,12 @@ class PaliWorker:
         except PaliError as e:
             raise WorkerFailure.of(e) from None
         self._calls = ModelCalls(BatchContext(spec.job, spec.preset, spec.max_tokens, model))
+        self._fit = fitter(model)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        typed = [Path(os.fsdecode(b)) for b in batch[IMAGE]]
-        actual = [Path(os.fsdecode(b)) for b in batch[PATH]]
-        items = [(t, _load_as(t, a)) for t, a in zip(typed, actual, strict=True)]
+        typed = [as_source(os.fsdecode(b)) for b in batch[IMAGE]]
+        actual = [Path(os.fsdecode(p)) if p else t for t, p in zip(typed, batch[PATH], strict=True)]
+        items = [(t, _load_as(t, a, self._fit)) for t, a in zip(typed, actual, strict=True)]
         try:
             records = process_batch(items, self._calls)
         except PaliError as e:  # the model fails on every image

@@ -9,7 +9,7 @@ loses at most the batches in flight, and a rerun does only those.
 
 * Ray retries the batches of a worker that dies (a killed actor is restarted); a batch that
   comes back twice is written once: records are deduplicated on their key before the writer.
-* Ctrl-C or SIGTERM on the driver stops the dataset at once (batches in flight are dropped, to
+* Ctrl-C, SIGTERM or SIGHUP on the driver stops the dataset at once (batches in flight are dropped, to
   be redone by the next run), keeps every record written and ends with the resume hint.
 * ``--ray local`` starts a private runtime on this machine (address "local": never someone
   else's cluster) and stops it at the end; an ADDRESS joins a cluster and leaves it running.
@@ -22,9 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import socket
-import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -33,11 +31,13 @@ from types import FrameType
 from typing import Any
 
 from engine import PaliError
+from pali_cli import signals
 from pali_cli.console import Reporter, plural
 from pali_cli.errors import CliError, UsageProblem, add_cli_note
 from pali_cli.jobs import Job
 from pali_cli.options import RunOptions
 from pali_cli.records import Record, RecordKey
+from pali_cli.sources import Source
 
 INSTALL = 'pip install "pali[ray]"'
 # A million images in batches of 8 would be 125,000 blocks: past this many, blocks hold several
@@ -83,7 +83,7 @@ def _import_ray() -> tuple[Any, Any]:
 
 
 def run_on_ray(
-    todo: Sequence[Path],
+    todo: Sequence[Source],
     job: Job,
     preset: str,
     max_tokens: int,
@@ -187,7 +187,7 @@ def _quiet_ray_data(data: Any) -> None:
 
 
 def _dataset(
-    data: Any, todo: Sequence[Path], job: Job, preset: str, max_tokens: int, opts: RunOptions, pool: Pool
+    data: Any, todo: Sequence[Source], job: Job, preset: str, max_tokens: int, opts: RunOptions, pool: Pool
 ) -> Any:
     from pali_cli.ray_worker import PaliWorker, WorkerSpec, rows_for, worker_options
 
@@ -273,9 +273,9 @@ class _Stopped(Exception):
 
 
 class StopSignals:
-    """SIGINT and SIGTERM while a Ray run is going: the first one stops it (see the module
-    docstring); the record being written when it came is finished first. Only the main thread
-    can install handlers; elsewhere the signals keep their default behaviour."""
+    """Ctrl-C, SIGTERM and SIGHUP while a Ray run is going (pali_cli.signals): the first one
+    stops it (see the module docstring); the record being written when it came is finished first.
+    Only the main thread can install handlers; elsewhere the signals keep their default behaviour."""
 
     def __init__(self, on_first: Callable[[], None]) -> None:
         self.signum: int | None = None
@@ -286,7 +286,10 @@ class StopSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum
-            self._on_first()
+            try:
+                self._on_first()
+            except OSError:
+                pass  # SIGHUP: the terminal that would show the message is gone
         if self._waiting:
             self._waiting = False
             raise _Stopped
@@ -303,11 +306,8 @@ class StopSignals:
             self._waiting = False
 
     def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous = signals.install(self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+        signals.restore(self._previous)

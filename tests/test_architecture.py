@@ -83,3 +83,32 @@ def test_engine_modules_import_only_their_layer_and_lower_ones():
             if not imported.startswith("engine.") or crossing:
                 continue
             assert LAYERS.index(_layer(imported)) <= LAYERS.index(_layer(module)), f"{module} imports {imported}"
+
+
+# Imported inside try/except and used only when a user installed them (engine.processing.image).
+USED_IF_INSTALLED = ("pillow_heif", "pillow_avif")
+
+
+def test_every_library_the_product_imports_is_a_declared_dependency():
+    """No reliance on what another dependency happens to pull in (httpx2 comes with
+    huggingface_hub today, but pali_cli.remote uses it itself)."""
+    import re
+    import sys
+    from importlib.metadata import packages_distributions
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["ray"]]
+    declared = {re.split(r"[^A-Za-z0-9_.-]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+    providers = packages_distributions()
+    missing: dict[str, set[str]] = {}
+    for package in ("engine", "pali_cli"):
+        for path in _package_files(package):
+            for name in _imports(path):
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in ("engine", "pali_cli", *USED_IF_INSTALLED):
+                    continue
+                dists = {d.lower().replace("_", "-") for d in providers.get(top, [top])}
+                if not dists & declared:
+                    missing.setdefault(top, set()).add(path.relative_to(ROOT).as_posix())
+    assert not missing, f"imported but not in pyproject.toml's dependencies: {missing}"

@@ -124,4 +124,63 @@ def test_one_host_sync_per_decode_step(backbone):
     with CountHostSyncs() as counter:
         steps = list(stream_tokens(backbone, pixels, PROMPTS, budgets, greedy, (), TOKENIZER_VOCAB))
     assert len(steps) == 9
-    assert counter.calls == ["tolist"] * len(steps)
+    # One read for the check of the first logits (NaN/Inf), then one per step: the sampled tokens.
+    assert counter.calls == ["__bool__"] + ["tolist"] * len(steps)
+
+
+# ----------------------------------------------------------------------------- non-finite weights (issue 13)
+
+
+@pytest.fixture
+def nan_checkpoint(checkpoints, tmp_path):
+    """A copy of the tiny checkpoint with NaN in one weight of the last decoder layer."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    source = checkpoints.checkpoint(TinySpec())
+    target = tmp_path / "nan-ckpt"
+    shutil.copytree(source, target)
+    [weights] = target.glob("*.safetensors")
+    tensors = load_file(weights)
+    name = next(n for n in tensors if "layers.1.mlp.down_proj" in n)
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, weights, metadata={"format": "pt"})
+    return target
+
+
+def test_nan_weights_fail_at_the_first_logits_naming_the_checkpoint(nan_checkpoint):
+    from engine import CheckpointError, NonFiniteLogitsError, PaliGemmaCausalLM
+
+    lm = PaliGemmaCausalLM.from_preset(nan_checkpoint, dtype="float32", device="cpu")
+    with pytest.raises(NonFiniteLogitsError) as caught:
+        lm.complete([torch.zeros(3, 28, 28).numpy().transpose(1, 2, 0)], ["caption en"], max_new_tokens=3)
+    assert isinstance(caught.value, CheckpointError)
+    message = str(caught.value)
+    assert str(nan_checkpoint) in message and "NaN" in message and "\n" not in message
+
+
+def test_the_finite_check_adds_no_host_sync_per_decode_step(backbone, monkeypatch):
+    """One check on the prefill logits: the decode steps sync once each (the sampled tokens), as before."""
+    import engine.generate as generate
+
+    calls: list[int] = []
+    real = generate._check_finite
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(generate, "_check_finite", counted)
+    generate_tokens(backbone, _pixels(1), PROMPTS[:1], [6], greedy)
+    assert len(calls) == 1
+
+
+def test_on_step_sees_every_step(backbone):
+    seen: list[tuple[list[int], list[int]]] = []
+    out = generate_tokens(backbone, _pixels(2), PROMPTS[:2], [4, 4], greedy, on_step=lambda r, t: seen.append((r, t)))
+    rebuilt: list[list[int]] = [[], []]
+    for rows, tokens in seen:
+        for row, token in zip(rows, tokens, strict=True):
+            rebuilt[row].append(token)
+    assert rebuilt == out

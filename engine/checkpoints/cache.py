@@ -8,14 +8,14 @@ own cache is ever deleted from (``remove``). huggingface_hub is imported inside 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from engine.checkpoints.presets import Preset, get_preset, list_presets
 from engine.checkpoints.specs import HubSource, parse_spec
-from engine.errors import LocalModelError, UnknownPresetError
+from engine.errors import CheckpointError, LocalModelError, UnknownPresetError
+from engine.model.config_values import read_json_file
 
 __all__ = [
     "ALLOW_PATTERNS",
@@ -110,8 +110,8 @@ def missing_files(folder: Path) -> list[str]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (ValueError, KeyError, AttributeError):
+            shards = set(read_json_file(index, "a safetensors index")["weight_map"].values())
+        except (CheckpointError, OSError, KeyError, AttributeError, TypeError):
             return [*missing, "a readable model.safetensors.index.json"]
         missing += sorted(shard for shard in shards if not (folder / shard).is_file())
     elif not any(folder.glob("*.safetensors")):

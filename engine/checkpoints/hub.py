@@ -42,6 +42,7 @@ __all__ = [
     "CheckpointSpec",
     "HubSource",
     "cached_presets",
+    "check_local_dir",
     "default_cache_dir",
     "download",
     "hf_cache_dir",

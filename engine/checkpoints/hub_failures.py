@@ -78,10 +78,18 @@ def _transport_failure(
 ) -> ModelUnavailableError | None:
     """No usable answer: offline, unreachable, not a Hub, or a connection that broke mid-file."""
     import httpx2
-    from huggingface_hub.errors import FileMetadataError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import (
+        FileMetadataError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+    )
 
     label = source.label
-    if any(isinstance(e, FileMetadataError) for e in chain):
+    # FileMetadataError: files without the Hub's headers. ValueError (JSONDecodeError), TypeError,
+    # KeyError: huggingface_hub could not read the answer at all (a web page, a proxy's login form).
+    unreadable = isinstance(error, _UNREADABLE) and not isinstance(error, HFValidationError)
+    if unreadable or any(isinstance(e, FileMetadataError) for e in chain):
         return ModelUnavailableError(
             f"{endpoint} does not answer like a Hugging Face Hub while fetching "
             f"{label}; check HF_ENDPOINT and any proxy settings.",
@@ -109,6 +117,9 @@ def _transport_failure(
             label=label,
         )
     return None
+
+
+_UNREADABLE = (ValueError, TypeError, KeyError)
 
 
 def _exception_chain(error: BaseException) -> list[BaseException]:

@@ -143,7 +143,9 @@ def load_quantized_backbone(
     if path.exists() and is_current(path):
         with torch.device("meta"):
             backbone = quantize_backbone(PaliGemmaBackbone(config), mode, dtype, device, cpu)
-        return load_quantized(backbone, path, device)
+        loaded = load_quantized(backbone, path, device)
+        loaded.checkpoint = str(checkpoint_dir)
+        return loaded
     backbone = quantize_backbone(load_backbone(checkpoint_dir, config, dtype, device), mode, cpu=cpu)
     try:
         save_quantized(backbone, path, mode, checkpoint_dir, layout)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.checkpoints.presets import Preset, get_preset, list_presets
-from engine.errors import LocalModelError, ModelNotFoundError, UnknownPresetError
+from engine.errors import CheckpointError, LocalModelError, ModelNotFoundError, UnknownPresetError
 
 __all__ = ["CheckpointSpec", "HubSource", "check_local_dir", "parse_spec"]
 
@@ -121,7 +121,12 @@ def check_local_dir(spec: CheckpointSpec) -> Path:
         raise LocalModelError(f"{name}: no such directory{hint}.", label=name)
     if not path.is_dir():
         raise LocalModelError(f"{name} is a file; pass the directory that holds config.json.", label=name)
-    if not (path / "config.json").is_file():
+    config = path / "config.json"
+    if os.path.lexists(config) and os.path.exists(config) and not config.is_file():
+        raise CheckpointError(
+            f"{config} is not a regular file (a FIFO, a device or a directory); config.json must be the file itself."
+        )
+    if not config.is_file():
         raise LocalModelError(
             f"{name} has no config.json; pass a checkpoint directory in Hugging "
             "Face layout (config.json, *.safetensors, tokenizer.model).",

@@ -10,6 +10,7 @@ Pickled weights (.bin/.pt) are never loaded: they can run arbitrary code.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from engine.checkpoints.reader import TensorReader
 from engine.errors import CheckpointError
 from engine.model.backbone import PaliGemmaBackbone
 from engine.model.config import PaliGemmaConfig
+from engine.model.config_values import read_json_file
 from engine.runtime.kernels import aligned
 from engine.runtime.memory import empty_weight
 
@@ -59,10 +61,10 @@ def weight_files(checkpoint_dir: Path) -> list[Path]:
     """The safetensors files of a checkpoint: sharded (index.json) or single."""
     index = checkpoint_dir / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index ({e}); re-download the checkpoint") from None
+        raw = read_json_file(index, "a safetensors index")  # a regular file of sane size, or a clear error
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: not a safetensors index (no weight_map of file names); re-download it")
         files = [checkpoint_dir / f for f in sorted(set(weight_map.values()))]
         for f in files:
             if not f.exists():
@@ -120,11 +122,13 @@ def load_backbone(
 ) -> PaliGemmaBackbone:
     """Build the model on the meta device and fill it from the checkpoint, checking every tensor."""
     checkpoint_dir = Path(checkpoint_dir)
+    files = weight_files(checkpoint_dir)
+    _check_layer_counts(checkpoint_dir, files, config)  # before building: config.json may ask for millions
     with torch.device("meta"):
         model = PaliGemmaBackbone(config)
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     fill = _Fill(expected, config.text.variant, dtype, torch.device(device))
-    for path in weight_files(checkpoint_dir):
+    for path in files:
         _fill_from(path, fill)
     if fill.unused:
         raise CheckpointError(
@@ -139,7 +143,37 @@ def load_backbone(
     model.load_state_dict(fill.state, strict=True, assign=True)
     for path, ckpt_name in fill.heads:
         _check_tied_head(model, path, ckpt_name)
+    model.checkpoint = str(checkpoint_dir)
     return model.eval().requires_grad_(False)
+
+
+_LAYER_INDEX = re.compile(r"^(language_model|vision_tower)\.layers\.(\d+)\.")
+
+
+def _check_layer_counts(checkpoint_dir: Path, files: list[Path], config: PaliGemmaConfig) -> None:
+    """The layers config.json asks for against those the files hold (their headers only): a model
+    is only built with layers that have weights."""
+    found = {"language_model": -1, "vision_tower": -1}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                names = list(f.keys())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: unreadable safetensors file ({e}); the download may be truncated") from None
+        for ckpt_name in names:
+            match = _LAYER_INDEX.match(our_name(ckpt_name, config.text.variant) or "")
+            if match:
+                found[match[1]] = max(found[match[1]], int(match[2]))
+    for tower, key, wanted in (
+        ("language_model", "text_config", config.text.num_layers),
+        ("vision_tower", "vision_config", config.vision.num_layers),
+    ):
+        held = found[tower] + 1
+        if wanted > held:  # fewer asked for: the tensors left over are named by the check after the load
+            raise CheckpointError(
+                f"{checkpoint_dir}: config.json says {key}.num_hidden_layers is {wanted} but the weights hold "
+                f"{held} {tower} layers; config.json and the weights disagree"
+            )
 
 
 def _fill_from(path: Path, fill: _Fill) -> None:

@@ -83,6 +83,7 @@ class PaliGemmaBackbone(nn.Module):
         elif keras_kwargs:
             raise TypeError("pass either a PaliGemmaConfig or keras-hub style keyword arguments, not both")
         self.config = config
+        self.checkpoint: str | None = None  # where the weights came from, for messages (set by the loader)
         self.vision_tower = VisionTower(config.vision)
         self.projector = nn.Linear(config.vision.hidden_size, config.text.hidden_size)
         self.language_model = Decoder(config.text)

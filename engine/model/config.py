@@ -10,13 +10,13 @@ Gemma 1 repeats one token forever (hkproj/pytorch-paligemma issue #6).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from engine.errors import CheckpointError, InputError
+from engine.model.config_values import JSON_LIMIT, MAX_LAYERS, Block, bad, read_json_file  # noqa: F401 (re-exported)
 
 Variant = Literal["gemma", "gemma2"]
 WindowPolicy = Literal["none", "transformers"]
@@ -117,114 +117,118 @@ _GEMMA2_28B_HIDDEN = 4608  # the one variant whose query scale is not head_dim**
 # models/ppp/gemma.py "rsqrt_emb_per_head"; transformers' convert_paligemma2_weights_to_hf.py: 4608 // 32)
 
 
-def _rope_theta(text: dict) -> float:
+def _rope_theta(text: Block) -> float:
     # transformers 5 writes rope_parameters={"rope_theta": ...}; 4.x wrote a top-level rope_theta.
     params = text.get("rope_parameters") or {}
-    return float(params.get("rope_theta", text.get("rope_theta", 10000.0)))
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value in (None, 0, 0.0) else float(value)
+    if isinstance(params, dict) and "rope_theta" in params:
+        return Block(params, text.name("rope_parameters")).number("rope_theta", 10000.0)
+    return text.number("rope_theta", 10000.0)
 
 
 def text_config_from_hf(text: dict) -> TextConfig:
-    """Pure: the `text_config` block of a Hugging Face PaliGemma config.json -> TextConfig."""
-    variant = text.get("model_type")
+    """Pure: the `text_config` block of a Hugging Face PaliGemma config.json -> TextConfig. Every
+    value is checked (type, range) before anything is built from it: see engine.model.config_values."""
+    t = Block(text, "text_config")
+    variant = t.get("model_type")
     if variant not in ("gemma", "gemma2"):
-        raise CheckpointError(
-            f"text_config.model_type is {variant!r}; expected 'gemma' (PaliGemma 1) or 'gemma2' (PaliGemma 2)"
-        )
-    hidden = int(text.get("hidden_size", 2048 if variant == "gemma" else 2304))
-    heads = int(text.get("num_attention_heads", 8))
+        raise bad(f"text_config.model_type is {variant!r}; expected 'gemma' (PaliGemma 1) or 'gemma2' (PaliGemma 2)")
+    hidden = t.count("hidden_size", 2048 if variant == "gemma" else 2304)
+    heads = t.count("num_attention_heads", 8)
     is_28b = variant == "gemma2" and hidden == _GEMMA2_28B_HIDDEN
-    head_dim = int(text.get("head_dim", 128 if is_28b else 256))
+    head_dim = t.count("head_dim", 128 if is_28b else 256)
     common = dict(
         variant=variant,
-        vocab_size=int(text.get("vocab_size", 257216)),
+        vocab_size=t.count("vocab_size", 257216),
         hidden_size=hidden,
-        intermediate_size=int(text.get("intermediate_size", 16384 if variant == "gemma" else 9216)),
-        num_layers=int(text.get("num_hidden_layers", 18 if variant == "gemma" else 26)),
+        intermediate_size=t.count("intermediate_size", 16384 if variant == "gemma" else 9216),
+        num_layers=t.count("num_hidden_layers", 18 if variant == "gemma" else 26, limit=MAX_LAYERS),
         num_heads=heads,
-        num_kv_heads=int(text.get("num_key_value_heads", 1 if variant == "gemma" else 4)),
+        num_kv_heads=t.count("num_key_value_heads", 1 if variant == "gemma" else 4),
         head_dim=head_dim,
-        rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
-        rope_theta=_rope_theta(text),
+        rms_norm_eps=t.number("rms_norm_eps", 1e-6),
+        rope_theta=_rope_theta(t),
     )
     if variant == "gemma":
         return TextConfig(**common, query_pre_attn_scalar=float(head_dim))
-    g = {**_GEMMA2_DEFAULTS, **text}
+    g = Block({**_GEMMA2_DEFAULTS, **text}, "text_config")
     default_scalar = hidden // heads if is_28b else 256
+    window = g.optional_number("sliding_window", None)
     return TextConfig(
         **common,
-        query_pre_attn_scalar=float(g.get("query_pre_attn_scalar", default_scalar)),
-        attn_logit_softcap=_optional_float(g["attn_logit_softcapping"]),
-        final_logit_softcap=_optional_float(g["final_logit_softcapping"]),
-        sliding_window=int(g["sliding_window"]) if g["sliding_window"] else None,
+        query_pre_attn_scalar=g.number("query_pre_attn_scalar", default_scalar),
+        attn_logit_softcap=g.optional_number("attn_logit_softcapping", None),
+        final_logit_softcap=g.optional_number("final_logit_softcapping", None),
+        sliding_window=None if window is None else g.count("sliding_window", 4096),
     )
 
 
 def vision_config_from_hf(vision: dict) -> VisionConfig:
     """Pure: the `vision_config` block -> VisionConfig (PaliGemma's values as defaults, not Siglip's)."""
-    if vision.get("vision_use_head"):
-        raise CheckpointError("vision_config.vision_use_head is true; PaliGemma's tower has no pooling head")
+    v = Block(vision, "vision_config")
+    if v.get("vision_use_head"):
+        raise bad("vision_config.vision_use_head is true; PaliGemma's tower has no pooling head")
     return VisionConfig(
-        hidden_size=int(vision.get("hidden_size", 1152)),
-        intermediate_size=int(vision.get("intermediate_size", 4304)),
-        num_layers=int(vision.get("num_hidden_layers", 27)),
-        num_heads=int(vision.get("num_attention_heads", 16)),
-        image_size=int(vision.get("image_size", 224)),
-        patch_size=int(vision.get("patch_size", 14)),
-        layer_norm_eps=float(vision.get("layer_norm_eps", 1e-6)),
+        hidden_size=v.count("hidden_size", 1152),
+        intermediate_size=v.count("intermediate_size", 4304),
+        num_layers=v.count("num_hidden_layers", 27, limit=MAX_LAYERS),
+        num_heads=v.count("num_attention_heads", 16),
+        image_size=v.count("image_size", 224),
+        patch_size=v.count("patch_size", 14),
+        layer_norm_eps=v.number("layer_norm_eps", 1e-6),
     )
 
 
 def from_hf_config(config: dict, window_policy: WindowPolicy = "none") -> PaliGemmaConfig:
-    """Pure: a parsed Hugging Face PaliGemma config.json -> PaliGemmaConfig."""
-    if config.get("model_type") not in (None, "paligemma"):
-        raise CheckpointError(f"model_type is {config.get('model_type')!r}, not 'paligemma'")
+    """Pure: a parsed Hugging Face PaliGemma config.json -> PaliGemmaConfig. A value that cannot
+    make a model is a one-line CheckpointError starting "bad config.json:"."""
+    top = Block(config, "")
+    if top.get("model_type") not in (None, "paligemma"):
+        raise bad(f"model_type is {top.get('model_type')!r}, not 'paligemma'")
     if "text_config" not in config or "vision_config" not in config:
-        raise CheckpointError("config.json has no text_config/vision_config; is this a PaliGemma checkpoint?")
+        raise bad("it has no text_config/vision_config; is this a PaliGemma checkpoint?")
     text = text_config_from_hf(config["text_config"])
     if window_policy not in ("none", "transformers"):
         raise InputError(f"window policy {window_policy!r}: use 'none' or 'transformers'")
     text = replace(text, window_policy=window_policy)
     vision = vision_config_from_hf(config["vision_config"])
-    for name, value in (("hidden_size", text.hidden_size), ("num_heads", text.num_heads)):
-        if value <= 0:
-            raise CheckpointError(f"text_config.{name} must be positive, got {value}")
     if text.num_heads % text.num_kv_heads:
-        raise CheckpointError(
-            f"num_attention_heads ({text.num_heads}) is not a multiple of num_key_value_heads ({text.num_kv_heads})"
+        raise bad(
+            f"text_config.num_attention_heads ({text.num_heads}) is not a multiple of num_key_value_heads "
+            f"({text.num_kv_heads})"
+        )
+    if vision.hidden_size % vision.num_heads:
+        raise bad(
+            f"vision_config.hidden_size ({vision.hidden_size}) is not a multiple of num_attention_heads "
+            f"({vision.num_heads})"
         )
     if vision.image_size % vision.patch_size:
-        raise CheckpointError(f"image_size {vision.image_size} is not a multiple of patch_size {vision.patch_size}")
+        raise bad(f"vision_config.image_size {vision.image_size} is not a multiple of patch_size {vision.patch_size}")
     return PaliGemmaConfig(
         vision=vision,
         text=text,
-        pad_token_id=int(config.get("pad_token_id", 0) or 0),
-        eos_token_id=int(config.get("eos_token_id", 1) or 1),
-        bos_token_id=int(config.get("bos_token_id", 2) or 2),
-        image_token_index=int(config.get("image_token_index", config.get("image_token_id", IMAGE_TOKEN_INDEX))),
+        pad_token_id=top.token_id("pad_token_id", 0),
+        eos_token_id=top.token_id("eos_token_id", 1),
+        bos_token_id=top.token_id("bos_token_id", 2),
+        image_token_index=top.token_id("image_token_index", top.token_id("image_token_id", IMAGE_TOKEN_INDEX)),
     )
 
 
 def load_config(checkpoint_dir: str | Path, window_policy: WindowPolicy = "none") -> PaliGemmaConfig:
-    """Read ``config.json`` from a checkpoint directory, with errors that name the file."""
+    """Read ``config.json`` from a checkpoint directory, with errors that name the file. Only a
+    regular file of sensible size is read (engine.model.config_values.read_json_file)."""
     path = Path(checkpoint_dir) / "config.json"
     try:
-        raw = json.loads(path.read_text())
+        raw = read_json_file(path, "config.json")
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not found; a checkpoint directory needs config.json") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e}); re-download the checkpoint") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
         return from_hf_config(raw, window_policy)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except InputError:
         raise  # an argument of ours (the window policy), not the file
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: bad value ({e})") from None
 
 
 # Over 50 lines only because it is one literal dict: it reads as the config.json it writes.

@@ -32,8 +32,11 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
+import os
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,17 +65,19 @@ _WHITE = (255, 255, 255, 255)
 # ------------------------------------------------------------------------------------ loading
 
 
-def load_image(src: ImageSource) -> Image.Image:
+def load_image(src: ImageSource, name: str | None = None) -> Image.Image:
     """Returns ``src`` as an 8-bit RGB PIL image.
 
     Accepts a file path (str or Path), the bytes of an image file, a PIL image (any mode), or a
     numpy array ``HxW``, ``HxWx1``, ``HxWx3`` or ``HxWx4`` that is uint8 or floating point in [0, 1].
-    Raises ImageLoadError (a ValueError) with a one-line message for anything it cannot read.
+    Raises ImageLoadError (a ValueError) with a one-line message for anything it cannot read;
+    ``name`` names bytes in that message (a URL, "stdin"), instead of ``<bytes>``.
     """
     if isinstance(src, (str, Path)):
         return _load_file(Path(src))
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return _decode(io.BytesIO(bytes(src)), "<bytes>", suffix="")
+        label = name or "<bytes>"
+        return _decode(io.BytesIO(bytes(src)), label, suffix=Path(label).suffix.lower() if name else "")
     if isinstance(src, Image.Image):
         name = getattr(src, "filename", "") or "PIL image"
         try:
@@ -90,18 +95,68 @@ def load_image(src: ImageSource) -> Image.Image:
     )
 
 
-def _load_file(path: Path) -> Image.Image:
-    if not path.exists():
-        raise ImageLoadError(f"cannot load image {path}: no such file; check the path")
-    if path.is_dir():
-        raise ImageLoadError(f"cannot load image {path}: it is a directory, not an image file")
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _check_file(path: Path) -> None:
+    """Refuses, without opening it, anything but a non-empty regular file (a FIFO would block)."""
+
+    def refuse(why: str) -> ImageLoadError:
+        return ImageLoadError(f"cannot load image {path}: {why}")
+
     try:
-        if path.stat().st_size == 0:
-            raise ImageLoadError(f"cannot load image {path}: the file is empty; re-export or re-download it")
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise refuse("it is a symbolic link to a missing file; fix or remove the link") from None
+        raise refuse("no such file; check the path") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise refuse("it is a symbolic link loop; fix or remove the link") from None
+        raise refuse(f"{(e.strerror or str(e)).lower()}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise refuse("it is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((what for test, what in _NOT_REGULAR if test(info.st_mode)), "a socket or other special file")
+        raise refuse(f"it is not a regular file ({kind}); pass image files")
+    if info.st_size == 0:
+        raise refuse("the file is empty; re-export or re-download it")
+
+
+def _load_file(path: Path) -> Image.Image:
+    _check_file(path)
+    try:
         with open(path, "rb") as f:
             return _decode(f, str(path), suffix=path.suffix.lower())
     except PermissionError:
         raise ImageLoadError(f"cannot load image {path}: permission denied; check the file's permissions") from None
+
+
+def check_image_file(path: str | Path) -> None:
+    """Raises the ImageLoadError ``load_image(path)`` would for a file that is missing, unreadable,
+    not a regular file, empty or not an image PIL knows, reading only its header (no decoding):
+    a cheap check before slow work. A file that passes can still turn out truncated or corrupt."""
+    path = Path(path)
+    _check_file(path)
+    _register_optional_plugins()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path):
+                pass
+    except PermissionError:
+        raise ImageLoadError(f"cannot load image {path}: permission denied; check the file's permissions") from None
+    except UnidentifiedImageError:
+        hint = _PLUGIN_HINTS.get(path.suffix.lower(), "use JPEG, PNG, WebP, GIF, BMP or TIFF")
+        raise ImageLoadError(
+            f"cannot load image {path}: PIL cannot identify it as an image (unknown format or damaged header); {hint}"
+        ) from None
+    except Image.DecompressionBombError:
+        pass  # load_image names the limit; the run reports it in the image's record
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageLoadError(
+            f"cannot load image {path}: the file is truncated or corrupt ({_reason(e)}); re-export or re-download it"
+        ) from None
 
 
 def _decode(fp: Any, name: str, suffix: str) -> Image.Image:

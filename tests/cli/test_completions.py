@@ -103,3 +103,12 @@ def test_zsh_script_parses_and_defines_the_completion_function(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "_pali"
     assert subprocess.run(["zsh", "-n", str(ZSH)], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_bash_completes_file_names_with_spaces_as_one_word(tmp_path):
+    (tmp_path / "my holiday.jpg").write_bytes(b"x")
+    (tmp_path / "my notes dir").mkdir()
+    assert sorted(bash_complete(tmp_path, "pali", "caption", "my")) == ["my holiday.jpg", "my notes dir"]
+    assert bash_complete(tmp_path, "pali", "caption", "-o", "my h") == ["my holiday.jpg"]
+    assert bash_complete(tmp_path, "pali", "caption", "--cache-dir", "my") == ["my notes dir"]

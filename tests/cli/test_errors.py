@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
         (UsageProblem("bad option"), ExitCode.USAGE),
         (OfflineError("not downloaded", label="p"), ExitCode.MODEL_UNAVAILABLE),
         (AccessDeniedError("gated"), ExitCode.MODEL_UNAVAILABLE),
-        (LocalModelError("no such directory"), ExitCode.MODEL_UNAVAILABLE),
+        (LocalModelError("no such directory"), ExitCode.USAGE),  # a bad path, like a bad preset name
         (CheckpointError("bad tensor"), ExitCode.FAILURE),
         (QuantizeError("bad cache"), ExitCode.FAILURE),
         (TrainingError("loss is nan"), ExitCode.FAILURE),
@@ -61,8 +62,24 @@ def test_every_engine_error_is_a_pali_error_and_keeps_its_builtin_base():
 
 def test_exit_codes_are_the_readme_table():
     table = README.read_text(encoding="utf-8").split("### Exit codes", 1)[1].split("###", 1)[0]
-    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
-    assert documented == {int(code) for code in ExitCode}
+    rows = dict(re.findall(r"^\| (\d+) \| (.*) \|$", table, flags=re.M))
+    assert {int(code) for code in rows} == {int(code) for code in ExitCode}
+    # The signal codes are the shell's 128 + signal number, and each row names its signal.
+    for code, signum, words in (
+        (ExitCode.HANGUP, signal.SIGHUP, "SIGHUP"),
+        (ExitCode.INTERRUPTED, signal.SIGINT, "Ctrl-C"),
+        (ExitCode.TERMINATED, signal.SIGTERM, "SIGTERM"),
+    ):
+        assert code == 128 + signum and words in rows[str(int(code))]
+    assert "usage" in rows[str(int(ExitCode.USAGE))] and "unavailable" in rows[str(int(ExitCode.MODEL_UNAVAILABLE))]
+    assert "left out" in rows[str(int(ExitCode.ITEMS_FAILED))]  # an unreadable directory exits 3 too
+
+
+def test_exit_codes_in_the_help_are_the_table():
+    from pali_cli.typer_classes import EXIT_CODES
+
+    listed = {int(code) for code in re.findall(r"(?<![\d-])(\d+) (?=[a-z])", EXIT_CODES)}
+    assert listed == {int(code) for code in ExitCode}
 
 
 def test_hints_name_cli_commands_the_engine_does_not():
@@ -89,7 +106,9 @@ def test_a_broken_checkpoint_exits_1_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{not json")
-    (tmp_path / "img.png").write_bytes(b"not read: the model fails to load first")
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")  # a good image: the model load is what fails
     result = CliRunner().invoke(app, ["caption", "img.png", "-p", "ckpt"], catch_exceptions=False)
     assert result.exit_code == 1, result.output
     assert "config.json: invalid JSON" in result.stderr and "Traceback" not in result.output

@@ -166,7 +166,6 @@ def test_colour_follows_force_color_and_no_color(run):
         ({"top_k": 7, "temperature": 0.7}, ("top_k", 0.7, 7, 0.1)),
         ({"temperature": 0.3}, ("random", 0.3, 5, 0.1)),
         ({"sampler": Sampler.top_k}, ("top_k", 1.0, 5, 0.1)),
-        ({"sampler": Sampler.top_k, "top_p": 0.8}, ("top_k", 1.0, 5, 0.8)),
     ],
 )
 def test_sampler_is_implied_by_the_options_given(kwargs, expected):

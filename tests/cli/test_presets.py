@@ -93,7 +93,7 @@ def test_the_bundled_demo_is_listed_as_bundled_and_never_removed(env):
     assert row["downloaded"] is True and row["size_on_disk"] > 1_000_000
     assert "bundled" in pali("presets", "list").stdout
     refused = pali("presets", "rm", "pali-demo-shapes")
-    assert refused.exit_code == 4 and "ships inside the pali package" in refused.stderr
+    assert refused.exit_code == 2 and "ships inside the pali package" in refused.stderr  # a usage error
     assert (Path(pali("presets", "path", "pali-demo-shapes").stdout.strip()) / "model.safetensors").is_file()
 
 

@@ -241,8 +241,11 @@ def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost_or_doubled(work
 def test_a_model_the_workers_cannot_load_fails_as_it_does_locally(workdir, cluster):
     root, address = cluster
     shapes(workdir, count=2, seed=5555)
-    (workdir / "empty").mkdir()
-    args = ["caption", "photos", "-p", str(workdir / "empty"), "-o", "out.jsonl"]
+    # config.json is there (so the driver's checks before any work pass) but is no JSON: only
+    # loading the model, on the workers, finds that.
+    (workdir / "broken").mkdir()
+    (workdir / "broken" / "config.json").write_text("{not json")
+    args = ["caption", "photos", "-p", str(workdir / "broken"), "-o", "out.jsonl"]
     here = CliRunner().invoke(app, args, catch_exceptions=False)
     local_error = next(line for line in here.stderr.splitlines() if line.startswith("pali: error:"))
 
@@ -251,6 +254,18 @@ def test_a_model_the_workers_cannot_load_fails_as_it_does_locally(workdir, clust
     assert local_error in stderr.splitlines()
     assert "on a Ray worker" in stderr
     assert not (workdir / "out.jsonl").exists() or records(workdir / "out.jsonl") == []
+
+
+def test_a_path_that_is_no_checkpoint_is_refused_before_any_worker_starts(workdir, cluster):
+    """Issue 13 (items 19, 21): checked on the driver first, a usage error as in a local run."""
+    root, address = cluster
+    shapes(workdir, count=2, seed=5555)
+    (workdir / "empty").mkdir()
+    args = ["caption", "photos", "-p", str(workdir / "empty"), "-o", "out.jsonl"]
+    code, stderr = run(workdir, root.env(), [*args, "--ray", address, "--workers", "2"])
+    assert code == 2, stderr
+    assert "empty has no config.json" in stderr and "on a Ray worker" not in stderr
+    assert not (workdir / "out.jsonl").exists()
 
 
 def test_no_process_of_the_cluster_outlives_it(cluster):

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from pali_cli.errors import CliError
-from pali_cli.records import Record, ResultsFile, TextStream, make_key
+from pali_cli.records import Record, make_key
+from pali_cli.results import ResultsFile
+from pali_cli.streams import TextStream
 
 
 def rec(image: str, text: str | None = "a cat", error: str | None = None, **kw) -> Record:
@@ -31,7 +33,18 @@ def test_records_are_one_json_object_per_line_with_the_documented_fields(tmp_pat
     raw = (tmp_path / "sub" / "out.jsonl").read_text(encoding="utf-8")
     assert raw.count("\n") == 2 and "canapé" in raw  # UTF-8 kept readable, inner newline escaped
     first, second = lines(tmp_path / "sub" / "out.jsonl")
-    assert list(first) == ["image", "task", "prompt", "preset", "text", "tokens", "finish_reason", "seconds", "error"]
+    assert list(first) == [
+        "image",
+        "path",
+        "task",
+        "prompt",
+        "preset",
+        "text",
+        "tokens",
+        "finish_reason",
+        "seconds",
+        "error",
+    ]
     assert first["text"] == "un chat\nsur un canapé" and first["seconds"] == 0.123 and first["error"] is None
     assert second["error"] == "cannot load image b.jpg: empty" and second["text"] is None and second["x"] == 1
     assert warnings == []
@@ -76,11 +89,12 @@ def test_a_whole_last_record_without_newline_is_kept(tmp_path, warnings):
 
 def test_foreign_lines_are_left_alone_and_reported(tmp_path, warnings):
     path = tmp_path / "out.jsonl"
-    path.write_text("not json\n" + json.dumps({"hello": 1}) + "\n" + rec("a.jpg").to_line(), encoding="utf-8")
+    text = rec("a.jpg").to_line() + "not json\n" + json.dumps({"hello": 1}) + "\n"
+    path.write_text(text, encoding="utf-8")
     out = ResultsFile(path, warnings.append)
     assert len(out.status) == 1
     assert len(warnings) == 1 and "2 line(s)" in warnings[0]
-    assert path.read_text(encoding="utf-8").startswith("not json\n")
+    assert path.read_text(encoding="utf-8") == text
 
 
 def test_drop_failed_removes_only_the_error_records_of_the_given_keys(tmp_path, warnings):
@@ -114,11 +128,10 @@ def test_a_directory_as_output_is_refused_with_a_hint(tmp_path, warnings):
         ResultsFile(tmp_path, warnings.append)
 
 
-def test_an_unwritable_output_is_one_clear_error(tmp_path, warnings):
+def test_an_unwritable_output_is_one_clear_error_found_when_it_is_opened(tmp_path, warnings):
     (tmp_path / "file").write_text("a regular file, so nothing can be created below it")
-    out = ResultsFile(tmp_path / "file" / "out.jsonl", warnings.append)
-    with pytest.raises(CliError, match="cannot write .*out.jsonl"):
-        out.write(rec("a.jpg"))
+    with pytest.raises(CliError, match="cannot write .*out.jsonl"):  # before any model loads
+        ResultsFile(tmp_path / "file" / "out.jsonl", warnings.append)
 
 
 def test_text_stream_prints_nothing_when_the_task_has_nothing_to_show(capsys):

@@ -133,10 +133,12 @@ def test_the_worker_makes_the_records_a_local_run_writes(shapes, monkeypatch):
     job = detect_job("circle")
     worker = PaliWorker(WorkerSpec(job, "pali-demo-shapes", worker_options(opts, 1.0), job.max_tokens))
     monkeypatch.chdir("/")  # a worker's working directory is not the driver's
-    got = []
+    texts = []
     for start in range(0, len(rows), 2):
         batch = {IMAGE: [r[IMAGE] for r in rows[start : start + 2]], PATH: [r[PATH] for r in rows[start : start + 2]]}
-        got += [record_from_json(text).to_dict() for text in worker(batch)[RECORD]]
+        texts += worker(batch)[RECORD]
+    monkeypatch.chdir(shapes)  # the driver writes the records (and resolves their paths) where it runs
+    got = [record_from_json(text).to_dict() for text in texts]
 
     def comparable(records):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in records]

@@ -110,7 +110,7 @@ def test_segment_runs_the_model_and_resumes(pali, photos):
 
 def test_usage_errors_come_before_anything_loads(pali, photos):
     result = pali("segment", "photos/img1.png")  # the one word goes to OBJECTS
-    assert result.exit_code == 2 and "no images given" in result.stderr
+    assert result.exit_code == 2 and "what to segment is missing" in result.stderr
 
 
 # ----------------------------------------------------------------------------- with a fixed answer

@@ -126,3 +126,22 @@ def test_ctrl_c_finishes_the_current_batch_then_exits_130_with_a_resume_hint(job
     assert rest.exit_code == 0
     assert f"{len(kept)} of {IMAGES} images already recorded" in rest.stderr
     assert sorted(r["image"] for r in records(out)) == sorted(f"photos/p{i:02d}.png" for i in range(IMAGES))
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_stop_like_ctrl_c_with_their_exit_codes(job, signum, code):
+    cwd, args = job
+    out = cwd / "out.jsonl"
+    proc = start(cwd, [*args, "--batch-size", "4"])
+    wait_for_records(out, proc, 4)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == code, stderr
+    assert f"send {signal.Signals(signum).name} again to stop at once" in stderr
+    assert "Finished records are in out.jsonl; run the same command again" in stderr
+    kept = records(out)
+    assert 4 <= len(kept) < IMAGES and len(kept) % 4 == 0  # the batch under way was finished
+    rest = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert rest.exit_code == 0
+    assert sorted(r["image"] for r in records(out)) == sorted(f"photos/p{i:02d}.png" for i in range(IMAGES))

@@ -341,3 +341,46 @@ def test_lazily_opened_broken_pil_image_names_its_file(tmp_path: Path) -> None:
         with pytest.raises(ImageLoadError, match="truncated or corrupt") as err:
             load_image(img)
     _assert_one_line_naming(err, path)
+
+
+# ----------------------------------------------------------------------------- odd files (issue 13)
+
+
+def test_a_fifo_is_not_a_regular_file_and_is_never_opened(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(ImageLoadError, match=r"x\.jpg: it is not a regular file \(a FIFO\)"):
+        load_image(fifo)
+
+
+def test_link_loops_and_broken_links_say_so(tmp_path: Path) -> None:
+    import os
+
+    os.symlink("b.jpg", tmp_path / "a.jpg")
+    os.symlink("a.jpg", tmp_path / "b.jpg")
+    os.symlink("nowhere.jpg", tmp_path / "dangling.jpg")
+    with pytest.raises(ImageLoadError, match=r"a\.jpg: it is a symbolic link loop"):
+        load_image(tmp_path / "a.jpg")
+    with pytest.raises(ImageLoadError, match=r"dangling\.jpg: it is a symbolic link to a missing file"):
+        load_image(tmp_path / "dangling.jpg")
+
+
+def test_bytes_can_be_named_for_messages() -> None:
+    with pytest.raises(ImageLoadError, match=r"cannot load image https://example\.com/x\.jpg: PIL cannot"):
+        load_image(b"not an image", name="https://example.com/x.jpg")
+
+
+def test_check_image_file_reads_the_header_only(tmp_path: Path) -> None:
+    from engine.processing.image import check_image_file
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8)).save(good)
+    check_image_file(good)
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ImageLoadError, match=r"text\.png: PIL cannot identify it"):
+        check_image_file(tmp_path / "text.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="the file is empty"):
+        check_image_file(tmp_path / "empty.png")
