@@ -22,25 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.timing import median_s
 from engine.runtime.capabilities import host_flags_line
 
 SHAPES = {"up 2048->16384": (16384, 2048), "down 16384->2048": (2048, 16384)}
 COPIES = 4  # 4 x 64 MiB of bf16 per shape
-
-
-def _median_s(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
 
 
 def candidates(weights: list[torch.Tensor], rows: int, compile_too: bool) -> dict:
@@ -69,7 +59,7 @@ def measure(rows_list: list[int], compile_too: bool) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     results = []
     big = torch.empty(256 * 1024**2).normal_(generator=g)
-    t = _median_s(big.sum)
+    t = median_s(big.sum)
     results.append(
         {"kernel": "stream read (sum of 1 GiB fp32)", "shape": "-", "rows": 0, "GBps": big.numel() * 4 / t / 1e9}
     )
@@ -84,12 +74,12 @@ def measure(rows_list: list[int], compile_too: bool) -> list[dict]:
                 if isinstance(fn, str):
                     results.append({"kernel": name, "shape": shape, "rows": rows, "error": fn})
                     continue
-                t = _median_s(lambda fn=fn, x=x: fn(x)) / len(weights)
+                t = median_s(lambda fn=fn, x=x: fn(x)) / len(weights)
                 results.append(
                     {"kernel": name, "shape": shape, "rows": rows, "ms": 1e3 * t, "GBps": n * k * 2 / t / 1e9}
                 )
             xf = x.float()
-            t = _median_s(lambda xf=xf, fp32=fp32: [_fp32_gemv(xf, w) for w in fp32]) / len(fp32)
+            t = median_s(lambda xf=xf, fp32=fp32: [_fp32_gemv(xf, w) for w in fp32]) / len(fp32)
             results.append(
                 {"kernel": "fp32 oneDNN", "shape": shape, "rows": rows, "ms": 1e3 * t, "GBps": n * k * 4 / t / 1e9}
             )

@@ -14,27 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.timing import median_s
 from engine.runtime.memory import empty_weight
 
 SHAPES = {"up 2048->16384": (16384, 2048), "down 16384->2048": (2048, 16384)}
 ROWS = (1, 2, 4, 8, 16, 32, 64, 266)
 QUICK_ROWS = (1, 4, 8, 266)
 COPIES = 4  # distinct weights per kernel: 4 x 128 MiB in fp32
-
-
-def _median_s(fn, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
 
 
 def _int8(w: torch.Tensor):
@@ -81,7 +71,7 @@ def measure(rows_list=ROWS) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     out = []
     big = torch.empty(256 * 1024**2).normal_(generator=g)
-    t = _median_s(big.sum)
+    t = median_s(big.sum, repeats=3)
     out.append(
         {
             "kernel": "stream read (sum of 1 GiB fp32)",
@@ -100,7 +90,7 @@ def measure(rows_list=ROWS) -> list[dict]:
             for name, (nbytes, weights, fn) in table.items():
                 if name.startswith("bf16 F.linear") and rows > 64:
                     continue  # emulated bf16 GEMM: ~1 s per call, known to lose
-                t = _median_s(lambda fn=fn, xf=xf, xb=xb, weights=weights: [fn(xf, xb, w) for w in weights])
+                t = median_s(lambda fn=fn, xf=xf, xb=xb, weights=weights: [fn(xf, xb, w) for w in weights], repeats=3)
                 t /= len(weights)
                 out.append(
                     {

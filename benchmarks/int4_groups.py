@@ -14,26 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.timing import median_s
 from engine.runtime.int4 import quantize_weight
 from engine.runtime.int4_format import GROUP_SIZES, kernel_layout
 
 SHAPES = {"up 2048->16384": (16384, 2048), "down 16384->2048": (2048, 16384), "head 2048->257216": (257216, 2048)}
 ROWS = (1, 4, 8)
-
-
-def _median_ms(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * sorted(times)[len(times) // 2]
 
 
 def kernels() -> list[dict]:
@@ -48,11 +38,11 @@ def kernels() -> list[dict]:
         packed = {group: [quantize_weight(w, group, layout) for w in dense] for group in GROUP_SIZES}
         for rows in ROWS:
             x = torch.randn(rows, k, generator=g).bfloat16()
-            dense_ms = _median_ms(lambda: [F.linear(x, w) for w in dense])  # noqa: B023
+            dense_ms = 1000 * median_s(lambda: [F.linear(x, w) for w in dense])  # noqa: B023
             row = {"shape": name, "rows": rows, "bf16 F.linear": dense_ms}
             for group, weights in packed.items():
                 op = torch.ops.aten._weight_int4pack_mm_for_cpu
-                row[f"int4 g{group}"] = _median_ms(lambda: [op(x, p, group, sz) for p, sz in weights])  # noqa: B023
+                row[f"int4 g{group}"] = 1000 * median_s(lambda: [op(x, p, group, sz) for p, sz in weights])  # noqa: B023
             row = {k: v / copies if isinstance(v, float) else v for k, v in row.items()}
             print(json.dumps(row), flush=True)
             out.append(row)
