@@ -275,6 +275,11 @@ def test_no_process_of_the_cluster_outlives_it(cluster):
     probe = RayRoot.create()
     try:
         sleeper = subprocess.Popen(["sleep", "600"], env=probe.env())
+        # Popen returns once the exec has begun; the kernel sets up the new /proc/PID/environ a
+        # moment later, so an immediate read can find it empty (seen once in CI).
+        deadline = time.monotonic() + 5
+        while processes_of(probe.tmp) != [sleeper.pid] and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert processes_of(probe.tmp) == [sleeper.pid]
         kill_processes_of(probe.tmp)
         assert sleeper.wait(timeout=10) == -signal.SIGKILL
