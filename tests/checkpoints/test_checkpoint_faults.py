@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 
 import pytest
 
@@ -17,6 +16,7 @@ from engine.checkpoints.weights import load_backbone, weight_files
 from engine.errors import CheckpointError, LocalModelError
 from engine.model.config import load_config
 from tests.helpers.checkpoints import TinySpec
+from tests.helpers.fifo import raised_without_waiting
 
 
 @pytest.fixture
@@ -35,22 +35,8 @@ def test_an_index_linked_to_dev_zero_is_refused_unread(tiny):
 def test_an_index_that_is_a_fifo_is_refused_without_waiting(tiny):
     fifo = tiny / "model.safetensors.index.json"
     os.mkfifo(fifo)
-    errors: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            weight_files(tiny)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            errors.append(e)
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    thread.join(timeout=30)
-    if thread.is_alive():
-        with open(fifo, "w"):
-            pass
-        pytest.fail("reading the index waited on a FIFO")
-    assert isinstance(errors[0], CheckpointError) and "not a regular file (a FIFO)" in str(errors[0])
+    error = raised_without_waiting(lambda: weight_files(tiny), fifo)
+    assert isinstance(error, CheckpointError) and "not a regular file (a FIFO)" in str(error)
 
 
 def test_an_index_without_a_weight_map_is_one_line(tiny):

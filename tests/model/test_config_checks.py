@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 
 from engine.errors import CheckpointError
 from engine.model.config import JSON_LIMIT, from_hf_config, load_config
+from tests.helpers.fifo import raised_without_waiting
 from tests.model.test_config import PG1_HUB
 
 
@@ -74,22 +74,8 @@ def test_a_config_linked_to_dev_zero_is_refused_unread(tmp_path):
 
 def test_a_config_that_is_a_fifo_is_refused_without_waiting(tmp_path):
     os.mkfifo(tmp_path / "config.json")
-    errors: list[BaseException] = []
-
-    def load() -> None:
-        try:
-            load_config(tmp_path)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            errors.append(e)
-
-    thread = threading.Thread(target=load, daemon=True)
-    thread.start()
-    thread.join(timeout=30)
-    if thread.is_alive():
-        with open(tmp_path / "config.json", "w"):
-            pass  # release it
-        pytest.fail("load_config waited on a FIFO")
-    assert isinstance(errors[0], CheckpointError) and "not a regular file (a FIFO)" in str(errors[0])
+    error = raised_without_waiting(lambda: load_config(tmp_path), tmp_path / "config.json")
+    assert isinstance(error, CheckpointError) and "not a regular file (a FIFO)" in str(error)
 
 
 def test_a_huge_config_is_refused_unread(tmp_path):
